@@ -1,0 +1,3 @@
+module github.com/pablodz/inotifywaitgo
+
+go 1.22
