@@ -1,0 +1,611 @@
+"""revactl: builds revad and runs meshfs's dev Reva stacks on 127.0.0.1 (build|up|down|reset|status|env).
+
+Owns the dev stack's process, config files (written from dev/reva/templates/) and var dir. Standard
+library only (it must run from a fresh clone before the venv exists); imports nothing from meshfs.
+Settings come from the environment, documented in dev/reva/NOTES.md and by `revactl --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import http.client
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+BUILD_DIR = HERE / "build"
+TEMPLATES = HERE / "templates"
+CACHE = REPO / ".cache"
+DEFAULT_BIN = CACHE / "bin" / "revad"
+REVA_PKG = "github.com/opencloud-eu/reva/v2/cmd/revad"
+MIN_GO = (1, 25)
+
+# Demo users as in templates/main/users.json: (username, password, opaque id).
+DEMO_USERS: tuple[tuple[str, str, str], ...] = (
+    ("einstein", "relativity", "4c510ada-c86b-4815-8820-42cdf82c3d51"),
+    ("marie", "radioactivity", "f7fbf8c8-139b-4376-b307-cf0a8c2d0d9c"),
+    ("richard", "superfluidity", "932b4540-8d16-481e-8ef4-588e4b6b151c"),
+)
+
+# Port name -> (default port, env var overriding it). REVA_PORT_OFFSET is added to the defaults.
+PORTS: dict[str, tuple[int, str]] = {
+    "gateway": (19000, "REVA_GATEWAY_PORT"),
+    "http": (19001, "REVA_HTTP_PORT"),
+    "users": (11000, "REVA_USERS_PORT"),
+    "users_http": (11001, "REVA_USERS_HTTP_PORT"),
+    "shares": (14000, "REVA_SHARES_PORT"),
+    "public": (13000, "REVA_PUBLIC_PORT"),
+}
+
+USERS_PROVIDER_ID = "1284d238-aa92-42ce-bdc4-0b0000009157"
+MARKER = ".revactl-stack"  # present in every var dir revactl made; `reset` refuses dirs without it
+
+
+class RevactlError(Exception):
+    """A one-line, user-facing failure."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stack:
+    """Where one dev Reva instance lives and which ports it takes."""
+
+    instance: str
+    var_dir: Path
+    ports: dict[str, int]
+    binary: Path
+    log_level: str
+    domain: str
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.var_dir / "conf"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.var_dir / "data"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.var_dir / "state"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.var_dir / "revad.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.var_dir / "revad.log"
+
+    @property
+    def stackfile(self) -> Path:
+        return self.var_dir / "stack.json"
+
+    @property
+    def gateway(self) -> str:
+        return f"127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def datagateway_url(self) -> str:
+        return f"{self.http_base}/data"
+
+    @property
+    def webdav_url(self) -> str:
+        return f"{self.http_base}/remote.php/webdav/"
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RevactlError(f"{name}={raw!r} is not an integer") from None
+    return value
+
+
+def stack_from_env(instance: str | None = None, port_offset: int | None = None) -> Stack:
+    """The stack the environment describes (REVA_INSTANCE, REVA_VAR_DIR, REVA_PORT_OFFSET, ...)."""
+    name = instance or os.environ.get("REVA_INSTANCE", "").strip() or "main"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise RevactlError(f"instance name {name!r}: use letters, digits, '.', '_' or '-'")
+    var_env = os.environ.get("REVA_VAR_DIR", "").strip()
+    var_dir = Path(var_env).resolve() if var_env and instance is None else CACHE / "reva" / name
+    offset = _env_int("REVA_PORT_OFFSET", 0) if port_offset is None else port_offset
+    ports: dict[str, int] = {}
+    for key, (default, env) in PORTS.items():
+        port = default + offset if port_offset is not None else _env_int(env, default + offset)
+        if not 1 <= port <= 65535:
+            raise RevactlError(f"port {key}={port} out of range (check {env} / REVA_PORT_OFFSET)")
+        ports[key] = port
+    if len(set(ports.values())) != len(ports):
+        raise RevactlError(f"two services share a port: {ports}")
+    bin_env = os.environ.get("REVA_BIN", "").strip()
+    binary = Path(bin_env).resolve() if bin_env else DEFAULT_BIN
+    level = os.environ.get("REVA_LOG_LEVEL", "").strip() or "info"
+    domain = os.environ.get("REVA_DOMAIN", "").strip() or "cernbox.local"
+    return Stack(name, var_dir, ports, binary, level, domain)
+
+
+def recorded_stack(stack: Stack) -> Stack:
+    """The stack as it was started (ports recorded in stack.json), else as the environment says."""
+    try:
+        rec = json.loads(stack.stackfile.read_text())
+        ports = {k: int(rec["ports"][k]) for k in PORTS}
+        return dataclasses.replace(stack, ports=ports, domain=str(rec.get("domain", stack.domain)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return stack
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def _go_version(go: str) -> tuple[int, int]:
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False)
+    m = re.match(r"go(\d+)\.(\d+)", out.stdout.strip())
+    if out.returncode != 0 or not m:
+        raise RevactlError(f"cannot tell the Go version of {go}: {out.stderr.strip() or out.stdout.strip()}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _build_inputs() -> list[Path]:
+    files = [BUILD_DIR / "go.mod", BUILD_DIR / "go.sum", BUILD_DIR / "tools.go"]
+    files += sorted(p for p in (BUILD_DIR / "inotifywait-standin").rglob("*") if p.is_file())
+    return [p for p in files if p.exists()]
+
+
+def build(binary: Path = DEFAULT_BIN, *, quiet: bool = False) -> Path:
+    """Build revad into `binary` unless it is newer than the wrapper module's files."""
+    inputs = _build_inputs()
+    newest = max(p.stat().st_mtime for p in inputs)
+    if binary.exists() and binary.stat().st_mtime > newest:
+        if not quiet:
+            print(f"revactl: revad is up to date ({binary})")
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        raise RevactlError(
+            "Go >= 1.25 is needed to build revad and is not on PATH: install it from https://go.dev/dl/ "
+            "(or apt-get install golang-go if that is >= 1.25)"
+        )
+    if _go_version(go) < MIN_GO:
+        raise RevactlError(
+            f"Go >= 1.25 is needed to build revad, {go} is go{'.'.join(map(str, _go_version(go)))}"
+        )
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    gocache = CACHE / "go"
+    env = dict(os.environ)
+    env.update(
+        GOPATH=str(gocache),
+        GOMODCACHE=str(gocache / "mod"),
+        GOCACHE=str(gocache / "cache"),
+        GOFLAGS="-modcacherw",
+        GOTOOLCHAIN="local",
+        GOSUMDB="off",
+        CGO_ENABLED="0",
+    )
+    with _locked(binary.parent / ".revad-build.lock"):
+        if binary.exists() and binary.stat().st_mtime > newest:  # another build finished meanwhile
+            return binary
+        tmp = binary.with_name(f".{binary.name}.{os.getpid()}.tmp")
+        print(f"revactl: building revad (cold builds take a few minutes) -> {binary}", flush=True)
+        t0 = time.monotonic()
+        cmd = [go, "build", "-mod=mod", "-o", str(tmp), REVA_PKG]
+        proc = subprocess.run(cmd, cwd=BUILD_DIR, env=env, check=False)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RevactlError(f"go build failed (exit {proc.returncode}); see the output above")
+        os.replace(tmp, binary)
+        print(f"revactl: built revad in {time.monotonic() - t0:.0f} s", flush=True)
+    return binary
+
+
+# ---------------------------------------------------------------------------------------------
+# processes and locks
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_pid(stack: Stack) -> int | None:
+    try:
+        pid = int(stack.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_our_revad(pid, stack) else None
+
+
+def _is_our_revad(pid: int, stack: Stack) -> bool:
+    """True if pid is alive and is a revad running this stack's conf dir (guards against pid reuse)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: exited, not yet reaped
+        return False
+    args = raw.split(b"\0")
+    return bool(args) and args[0].endswith(b"revad") and str(stack.conf_dir).encode() in args
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _log_tail(stack: Stack, lines: int = 40) -> str:
+    try:
+        text = stack.logfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def _secrets(stack: Stack) -> dict[str, str]:
+    path = stack.var_dir / "secrets.json"
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and all(isinstance(data.get(k), str) for k in ("jwt", "transfer")):
+            return {k: str(v) for k, v in data.items()}
+    except (OSError, ValueError):
+        pass
+    data = {
+        "jwt": secrets.token_urlsafe(24),
+        "transfer": secrets.token_urlsafe(24),
+        "ocm": secrets.token_urlsafe(24),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    return data
+
+
+def _substitute(text: str, values: dict[str, str], origin: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise RevactlError(f"template {origin}: unknown placeholder @@{key}@@")
+        return values[key]
+
+    return re.sub(r"@@([A-Z0-9_]+)@@", repl, text)
+
+
+def template_values(stack: Stack, profile: str) -> dict[str, str]:
+    sec = _secrets(stack)
+    values = {
+        "INSTANCE": stack.instance,
+        "JWT_SECRET": sec["jwt"],
+        "TRANSFER_SECRET": sec["transfer"],
+        "OCM_SECRET": sec.get("ocm", sec["transfer"]),
+        "LOG_LEVEL": stack.log_level,
+        "CONF_DIR": str(stack.conf_dir),
+        "DATA_DIR": str(stack.data_dir),
+        "STATE_DIR": str(stack.state_dir),
+        "USERS_PROVIDER_ID": USERS_PROVIDER_ID,
+        "DOMAIN": stack.domain,
+    }
+    values.update({f"{k.upper()}_PORT": str(v) for k, v in stack.ports.items()})
+    # OCM blocks are filled from templates/<profile>/ocm-*.inc when the profile has them, else empty.
+    for key in ("OCM_GATEWAY", "OCM_AUTH_RULE", "OCM_REGISTRY", "OCM_GRPC", "OCM_OCDAV", "OCM_HTTP"):
+        inc = TEMPLATES / profile / f"{key.lower().replace('_', '-')}.inc"
+        values[key] = inc.read_text() if inc.exists() else ""
+    shared = (TEMPLATES / profile / "shared.inc").read_text()
+    values["SHARED"] = _substitute(shared, values, "shared.inc")
+    # includes may themselves hold placeholders
+    for key in ("OCM_GATEWAY", "OCM_AUTH_RULE", "OCM_REGISTRY", "OCM_GRPC", "OCM_OCDAV", "OCM_HTTP"):
+        values[key] = _substitute(values[key], values, key)
+    return values
+
+
+def write_config(stack: Stack, profile: str = "main", extra: dict[str, str] | None = None) -> None:
+    """Write the instance's *.toml and json files into its conf dir from templates/<profile>/."""
+    src = TEMPLATES / profile
+    if not src.is_dir():
+        raise RevactlError(f"no templates for profile {profile!r} in {TEMPLATES}")
+    values = template_values(stack, profile)
+    values.update(extra or {})
+    stack.conf_dir.mkdir(parents=True, exist_ok=True)
+    for old in stack.conf_dir.iterdir():
+        old.unlink()
+    for tpl in sorted(src.iterdir()):
+        if tpl.suffix not in (".toml", ".json"):
+            continue
+        out = _substitute(tpl.read_text(), values, tpl.name)
+        (stack.conf_dir / tpl.name).write_text(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# readiness: basic-auth PROPFIND through ocdav (ocdav -> gateway Authenticate -> storage provider)
+
+
+def _propfind_status(stack: Stack, user: str, password: str, timeout: float = 5.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["http"], timeout=timeout)
+    try:
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        conn.request(
+            "PROPFIND", "/remote.php/webdav/", headers={"Authorization": f"Basic {auth}", "Depth": "0"}
+        )
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def wait_ready(stack: Stack, gone: Callable[[], str | None], timeout: float) -> None:
+    """Wait until every demo user can log in and see its home (first login creates it).
+
+    `gone()` returns why revad is no longer running, or None while it runs.
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(DEMO_USERS)
+    last = "no answer yet"
+    while pending:
+        why = gone()
+        if why is not None:
+            raise RevactlError(
+                f"revad {why} during start-up; log tail ({stack.logfile}):\n{_log_tail(stack)}"
+            )
+        user, password, _ = pending[0]
+        try:
+            status = _propfind_status(stack, user, password)
+            if status == 207:
+                pending.pop(0)
+                continue
+            last = f"PROPFIND as {user} answered {status}"
+        except OSError as exc:
+            last = f"PROPFIND as {user}: {exc}"
+        if time.monotonic() > deadline:
+            raise RevactlError(
+                f"revad not ready after {timeout:.0f} s ({last}); "
+                f"log tail ({stack.logfile}):\n{_log_tail(stack)}"
+            )
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def _describe(stack: Stack, pid: int) -> str:
+    return (
+        f"revad [{stack.instance}] is up (pid {pid}): gateway {stack.gateway}, "
+        f"data gateway {stack.datagateway_url}\n"
+        f"  var dir  {stack.var_dir}\n"
+        f"  log      {stack.logfile}\n"
+        f"  WebDAV   {stack.webdav_url}  (einstein's files; basic auth einstein/relativity)"
+    )
+
+
+def up(
+    stack: Stack, *, profile: str = "main", timeout: float = 90.0, extra: dict[str, str] | None = None
+) -> int:
+    """Start the stack unless it is running; returns revad's pid."""
+    stack.var_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(stack.var_dir / ".lock"):
+        pid = _read_pid(stack)
+        if pid is not None:
+            running = recorded_stack(stack)
+            if running.ports != stack.ports:
+                raise RevactlError(
+                    f"instance {stack.instance} already runs on other ports {running.ports}; "
+                    "use `revactl down` first or another REVA_INSTANCE"
+                )
+            running_pid = pid
+            wait_ready(stack, lambda: None if _is_our_revad(running_pid, stack) else "exited", timeout)
+            print(_describe(stack, pid))
+            return pid
+        if not stack.binary.exists():
+            raise RevactlError(f"no revad at {stack.binary}: run `dev/reva/revactl build`")
+        busy = [f"{k}={p}" for k, p in stack.ports.items() if _port_in_use(p)]
+        if busy:
+            raise RevactlError(
+                f"port(s) already in use on 127.0.0.1: {', '.join(busy)} "
+                "(another Reva? pick free ports with REVA_PORT_OFFSET=<n> and a distinct REVA_INSTANCE)"
+            )
+        (stack.var_dir / MARKER).touch()
+        for d in (stack.data_dir, stack.state_dir, stack.state_dir / "tmp", stack.var_dir / "tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+        write_config(stack, profile, extra)
+        stack.stackfile.write_text(
+            json.dumps(
+                {"instance": stack.instance, "profile": profile, "ports": stack.ports, "domain": stack.domain}
+            )
+        )
+        env = dict(os.environ)
+        env["TMPDIR"] = str(stack.var_dir / "tmp")  # revad drops one pid file per config there
+        with open(stack.logfile, "ab") as log:
+            log.write(
+                f"\n==== revactl up {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ====\n".encode()
+            )
+            log.flush()
+            proc = subprocess.Popen(
+                [str(stack.binary), "-dev-dir", str(stack.conf_dir)],
+                cwd=stack.var_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        stack.pidfile.write_text(f"{proc.pid}\n")
+        try:
+            wait_ready(
+                stack,
+                lambda: None if proc.poll() is None else f"exited with status {proc.returncode}",
+                timeout,
+            )
+        except BaseException:
+            _stop_pid(stack, proc.pid)
+            stack.pidfile.unlink(missing_ok=True)
+            raise
+        print(_describe(stack, proc.pid))
+        return proc.pid
+
+
+def _stop_pid(stack: Stack, pid: int, grace: float = 15.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _is_our_revad(pid, stack) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.1)
+    if _is_our_revad(pid, stack):
+        print(f"revactl: revad {pid} ignored SIGTERM for {grace:.0f} s, sending SIGKILL", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while _is_our_revad(pid, stack) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        if _is_our_revad(pid, stack):
+            raise RevactlError(f"revad {pid} survived SIGKILL")
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down(stack: Stack) -> bool:
+    """Stop the stack; True if it was running."""
+    if not stack.var_dir.exists():
+        print(f"revad [{stack.instance}] is not running")
+        return False
+    with _locked(stack.var_dir / ".lock"):
+        pid = _read_pid(stack)
+        if pid is None:
+            stack.pidfile.unlink(missing_ok=True)
+            print(f"revad [{stack.instance}] is not running")
+            return False
+        _stop_pid(stack, pid)
+        stack.pidfile.unlink(missing_ok=True)
+        print(f"revad [{stack.instance}] stopped (pid {pid})")
+        return True
+
+
+def reset(stack: Stack) -> None:
+    """Stop the stack and delete its var dir (data, state, config, log)."""
+    down(stack)
+    if not stack.var_dir.exists():
+        return
+    if not (stack.var_dir / MARKER).exists() and any(stack.var_dir.iterdir()):
+        raise RevactlError(f"{stack.var_dir} was not made by revactl (no {MARKER}); not deleting it")
+    shutil.rmtree(stack.var_dir)
+    print(f"revad [{stack.instance}] data wiped ({stack.var_dir})")
+
+
+def status(stack: Stack) -> bool:
+    pid = _read_pid(stack)
+    if pid is None:
+        print(f"revad [{stack.instance}] is not running (var dir {stack.var_dir})")
+        return False
+    print(_describe(recorded_stack(stack), pid))
+    return True
+
+
+def env_lines(stack: Stack) -> list[str]:
+    s = recorded_stack(stack)
+    values = {
+        "REVA_INSTANCE": s.instance,
+        "REVA_GATEWAY": s.gateway,
+        "REVA_DATAGATEWAY_URL": s.datagateway_url,
+        "REVA_WEBDAV_URL": s.webdav_url,
+        "REVA_HTTP_URL": s.http_base,
+        "REVA_VAR_DIR": str(s.var_dir),
+        "REVA_LOG": str(s.logfile),
+        "REVA_DOMAIN": s.domain,
+    }
+    return [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="revactl",
+        description="meshfs's dev Reva on 127.0.0.1.",
+        epilog=(
+            "environment: REVA_INSTANCE (default main), REVA_VAR_DIR (default .cache/reva/<instance>), "
+            "REVA_PORT_OFFSET (added to every default port), REVA_GATEWAY_PORT, REVA_HTTP_PORT, "
+            "REVA_USERS_PORT, REVA_USERS_HTTP_PORT, REVA_SHARES_PORT, REVA_PUBLIC_PORT, REVA_BIN, "
+            "REVA_LOG_LEVEL, REVA_UP_TIMEOUT. "
+            "See dev/reva/NOTES.md."
+        ),
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="build revad into .cache/bin/revad (skipped when up to date)")
+    sub.add_parser("up", help="start the stack (idempotent) and wait until every demo user can log in")
+    sub.add_parser("down", help="stop the stack")
+    sub.add_parser("reset", help="stop the stack and wipe its data")
+    sub.add_parser("status", help="say whether it runs (exit 0) or not (exit 3)")
+    sub.add_parser("env", help="print shell-sourceable REVA_* variables")
+    args = parser.parse_args(argv)
+    try:
+        stack = stack_from_env()
+        if args.cmd == "build":
+            build(stack.binary)
+        elif args.cmd == "up":
+            build(stack.binary, quiet=True)
+            up(stack, timeout=float(_env_int("REVA_UP_TIMEOUT", 90)))
+        elif args.cmd == "down":
+            down(stack)
+        elif args.cmd == "reset":
+            reset(stack)
+        elif args.cmd == "status":
+            return 0 if status(stack) else 3
+        elif args.cmd == "env":
+            print("\n".join(env_lines(stack)))
+    except RevactlError as exc:
+        print(f"revactl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("revactl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
