@@ -1,0 +1,338 @@
+"""The connection to a CS3 gateway: channel, authentication, token refresh, retries, one `call()`.
+
+Owns: the grpc channel and GatewayAPI stub, the user's access token (kept fresh), the mapping of every
+CS3 / gRPC failure to a MeshError (through the tables of meshfs/errors.py), bounded retries.
+Must not import: vfs/, fuse/, cache/. Protobuf messages go in and out of `call()` only inside
+meshfs/cs3/; nothing outside this package sees them. Tokens and passwords never reach logs, argv,
+exception messages or repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import trio
+from cs3.gateway.v1beta1 import gateway_api_pb2 as gw_pb
+from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+from cs3.rpc.v1beta1 import code_pb2
+
+from meshfs.errors import (
+    CS3_CODE_ERRORS,
+    GRPC_STATUS_ERRORS,
+    MeshError,
+    ServerError,
+    ServerUnavailable,
+    Timeout,
+    Unauthenticated,
+)
+
+from ._convert import user_from_pb
+from .types import BasicCredentials, BearerCredentials, Credentials, Secret, User
+
+log = logging.getLogger("meshfs.cs3")
+
+T = TypeVar("T")
+
+_CODE_OK = code_pb2.CODE_OK
+_CODE_UNAUTHENTICATED = code_pb2.CODE_UNAUTHENTICATED
+_TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` claim (unix seconds) of a JWT, read without verifying; None when absent/unreadable."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        return float(exp) if isinstance(exp, int | float) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Gateway:
+    """An authenticated session with a CS3 gateway. Use as `async with Gateway(...) as gw:`.
+
+    address: "host:port" of the gateway gRPC service. tls: use TLS (system CAs, or `ca_file`);
+    plain TCP otherwise (fine for 127.0.0.1). rpc_threads: worker threads for unary calls.
+    call_timeout: per-call deadline in seconds. retries: extra attempts on transport errors
+    (UNAVAILABLE, DEADLINE_EXCEEDED), with exponential backoff from `backoff` to `backoff_max`.
+    refresh_margin: re-authenticate this many seconds before the token's `exp`.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        credentials: Credentials,
+        *,
+        tls: bool = False,
+        ca_file: str | None = None,
+        rpc_threads: int = 8,
+        call_timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.2,
+        backoff_max: float = 5.0,
+        refresh_margin: float = 60.0,
+    ) -> None:
+        if rpc_threads < 1:
+            raise ValueError(f"rpc_threads must be ≥ 1, got {rpc_threads}")
+        if retries < 0:
+            raise ValueError(f"retries must be ≥ 0, got {retries}")
+        self.address = address
+        self._credentials = credentials
+        self._tls = tls or ca_file is not None
+        self._ca_file = ca_file
+        self.limiter = trio.CapacityLimiter(rpc_threads)
+        self.call_timeout = call_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.refresh_margin = refresh_margin
+        self._channel: grpc.Channel | None = None
+        self._stub: Any = None
+        self._token: Secret | None = None
+        self._token_deadline: float | None = None  # trio clock time to refresh at
+        self._auth_lock = trio.Lock()
+        self._user: User | None = None
+
+    def __repr__(self) -> str:
+        who = self._user.username if self._user else "?"
+        return f"Gateway({self.address!r}, user={who!r}, tls={self._tls})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Create the channel and authenticate. Raises Unauthenticated / ServerUnavailable."""
+        if self._channel is None:
+            self._channel = await trio.to_thread.run_sync(self._make_channel)
+            self._stub = gw_grpc.GatewayAPIStub(self._channel)
+        await self.authenticate()
+
+    def _make_channel(self) -> grpc.Channel:
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            # reconnect quickly after a server restart (defaults back off up to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.enable_retries", 0),
+        ]
+        if not self._tls:
+            return grpc.insecure_channel(self.address, options=options)
+        root: bytes | None = None
+        if self._ca_file is not None:
+            try:
+                with open(self._ca_file, "rb") as f:
+                    root = f.read()
+            except OSError as e:
+                raise MeshError(
+                    f"cannot read CA file: {e.strerror}", op="connect", path=self._ca_file
+                ) from None
+        return grpc.secure_channel(
+            self.address, grpc.ssl_channel_credentials(root_certificates=root), options
+        )
+
+    async def aclose(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            channel.close()
+
+    # -- authentication ------------------------------------------------------------------------
+
+    @property
+    def user(self) -> User:
+        """The authenticated user (after open())."""
+        if self._user is None:
+            raise Unauthenticated("not authenticated yet", op="user")
+        return self._user
+
+    async def access_token(self) -> Secret:
+        """A token valid for at least `refresh_margin` seconds (re-authenticates when needed)."""
+        if self._token is None or (
+            self._token_deadline is not None and trio.current_time() >= self._token_deadline
+        ):
+            await self.authenticate(stale=self._token)
+        assert self._token is not None
+        return self._token
+
+    async def authenticate(self, *, stale: Secret | None = None) -> None:
+        """Authenticate (again). With `stale`, skip if another task already replaced that token."""
+        async with self._auth_lock:
+            if stale is not None and self._token is not None and self._token != stale:
+                return
+            creds = self._credentials
+            if isinstance(creds, BearerCredentials) and not creds.exchange:
+                if stale is not None and stale == creds.token:
+                    raise Unauthenticated("the bearer token expired or was refused", op="authenticate")
+                token, user = creds.token, None
+            else:
+                if isinstance(creds, BasicCredentials):
+                    req = gw_pb.AuthenticateRequest(
+                        type="basic", client_id=creds.username, client_secret=creds.password.reveal()
+                    )
+                    who = creds.username
+                else:
+                    req = gw_pb.AuthenticateRequest(type="bearer", client_secret=creds.token.reveal())
+                    who = "bearer token"
+                res = await self._unary("Authenticate", req, op="authenticate", path=who, token=None)
+                code = res.status.code
+                if code != _CODE_OK:
+                    if code in (
+                        _CODE_UNAUTHENTICATED,
+                        code_pb2.CODE_PERMISSION_DENIED,
+                        code_pb2.CODE_NOT_FOUND,
+                    ):
+                        raise Unauthenticated(
+                            "wrong username or password"
+                            if isinstance(creds, BasicCredentials)
+                            else "token refused",
+                            op="authenticate",
+                            path=who,
+                            code=code_pb2.Code.Name(code),
+                        )
+                    raise self._cs3_error(res.status, op="authenticate", path=who)
+                token, user = Secret(res.token), user_from_pb(res.user)
+            exp = jwt_expiry(token.reveal())
+            now = trio.current_time()
+            if exp is None:
+                self._token_deadline = None
+            else:
+                lifetime = exp - time.time()
+                self._token_deadline = now + max(lifetime - self.refresh_margin, min(lifetime / 2, 5.0))
+            self._token = token
+            if user is None:
+                res = await self._unary(
+                    "WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token
+                )
+                if res.status.code != _CODE_OK:
+                    raise self._cs3_error(res.status, op="whoami", path=None)
+                user = user_from_pb(res.user)
+            self._user = user
+            log.debug("authenticated as %s", user.username)
+
+    # -- the one call ---------------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        op: str,
+        path: str | None = None,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        stream: bool = False,
+        ok_codes: Sequence[int] = (),
+    ) -> Any:
+        """Call GatewayAPI.<method>(request) and return the response (a list of them if `stream`).
+
+        A response whose CS3 status is not OK (nor in `ok_codes`) raises the MeshError of
+        CS3_CODE_ERRORS, with `op` and `path` in its message. UNAUTHENTICATED re-authenticates once
+        and repeats. Transport errors (UNAVAILABLE; DEADLINE_EXCEEDED for idempotent calls only) are
+        retried `retries` times with backoff on trio's clock, then raise ServerUnavailable/Timeout.
+        """
+        reauthed = False
+        while True:
+            token = await self.access_token()
+            res = await self._unary(
+                method,
+                request,
+                op=op,
+                path=path,
+                token=token,
+                timeout=timeout,
+                idempotent=idempotent,
+                stream=stream,
+            )
+            statuses = [r.status for r in res] if stream else [res.status]
+            bad = next((s for s in statuses if s.code != _CODE_OK and s.code not in ok_codes), None)
+            if bad is None:
+                return res
+            if bad.code == _CODE_UNAUTHENTICATED and not reauthed:
+                reauthed = True
+                log.debug("%s: token refused, re-authenticating", op)
+                await self.authenticate(stale=token)
+                continue
+            raise self._cs3_error(bad, op=op, path=path)
+
+    def _cs3_error(self, status: Any, *, op: str, path: str | None) -> MeshError:
+        try:
+            name = code_pb2.Code.Name(status.code)
+        except ValueError:
+            name = f"CODE_{status.code}"
+        cls = CS3_CODE_ERRORS.get(name, ServerError)
+        return cls(_one_line(status.message or name), op=op, path=path, code=name)
+
+    async def _unary(
+        self,
+        method: str,
+        request: Any,
+        *,
+        op: str,
+        path: str | None = None,
+        token: Secret | None,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        stream: bool = False,
+    ) -> Any:
+        """One gRPC call in a worker thread, with transport retries. Maps grpc.RpcError."""
+        if self._stub is None:
+            raise ServerUnavailable("not connected", op=op, path=path)
+        fn: Callable[..., Any] = getattr(self._stub, method)
+        deadline = self.call_timeout if timeout is None else timeout
+        metadata = () if token is None else (("x-access-token", token.reveal()),)
+
+        def run() -> Any:
+            if stream:
+                return list(fn(request, metadata=metadata, timeout=deadline))
+            return fn(request, metadata=metadata, timeout=deadline)
+
+        attempt = 0
+        while True:
+            try:
+                return await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                retry = code is grpc.StatusCode.UNAVAILABLE or (
+                    idempotent and code is grpc.StatusCode.DEADLINE_EXCEEDED
+                )
+                if retry and attempt < self.retries:
+                    delay = min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+                    attempt += 1
+                    log.debug("%s: %s, retry %d in %.2fs", op, code.name, attempt, delay)
+                    await trio.sleep(delay)
+                    continue
+                details = e.details() if hasattr(e, "details") else ""
+                cls = GRPC_STATUS_ERRORS.get(code.name, ServerError)
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    msg = f"gateway {self.address} unreachable after {attempt + 1} attempts"
+                elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    cls, msg = Timeout, f"no answer within {deadline:g}s after {attempt + 1} attempts"
+                else:
+                    msg = _one_line(details or code.name)
+                if token is not None:
+                    msg = msg.replace(token.reveal(), "***")
+                raise cls(msg, op=op, path=path, code=code.name) from None

@@ -1,0 +1,541 @@
+"""The CS3 data plane: ranged downloads into a file, simple PUT and tus resumable uploads from a file.
+
+Owns: InitiateFileDownload/InitiateFileUpload and the HTTP transfers to the data gateway (urllib3, one
+connection pool shared by the worker threads). Data goes straight between the network and a file
+descriptor at an offset (os.pread/os.pwrite of bounded chunks); a whole file is never held in memory.
+Must not import: vfs/, fuse/, cache/, httpx. Protobuf and urllib3 stay inside meshfs/cs3/.
+
+Worker threads work on a dup() of the caller's descriptor, so a cancelled transfer (abandoned thread,
+stopped at the next chunk) can never write into a descriptor number the caller has since reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import trio
+import urllib3
+from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
+
+from meshfs.errors import (
+    HTTP_FALLBACK,
+    HTTP_STATUS_ERRORS,
+    EtagMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    MeshError,
+    ServerError,
+    ServerUnavailable,
+    Timeout,
+)
+
+from ._convert import opaque, ref_to_pb
+from .gateway import Gateway
+from .storage import mtime_value
+from .types import DownloadTicket, Ref, ResourceId, Secret, TusSession, UploadResult
+
+log = logging.getLogger("meshfs.cs3.transfer")
+
+T = TypeVar("T")
+
+CHUNK = 1 << 20  # socket <-> file copy unit
+TUS_CHUNK = 64 << 20  # default size of one tus PATCH
+
+
+class _Stopped(Exception):
+    """The awaiting task was cancelled; the worker thread stops at the next chunk."""
+
+
+class _Transient(Exception):
+    """A transport failure worth retrying; carries the MeshError to raise when retries run out."""
+
+    def __init__(self, error: MeshError, progress: int = 0) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.progress = progress
+
+
+def _http_error(status: int, *, op: str, path: str, reason: str = "") -> MeshError:
+    cls = HTTP_STATUS_ERRORS.get(status) or HTTP_FALLBACK.get(status // 100, ServerError)
+    return cls(f"HTTP {status}{' ' + reason if reason else ''}", op=op, path=path, code=f"HTTP_{status}")
+
+
+def _transport_error(e: Exception, *, op: str, path: str) -> MeshError:
+    if isinstance(e, ReadTimeoutError | TimeoutError):
+        return Timeout("data server did not answer in time", op=op, path=path)
+    return ServerUnavailable(f"data transfer failed: {type(e).__name__}", op=op, path=path)
+
+
+def _headers(token: Secret, transfer: Secret) -> dict[str, str]:
+    return {"x-access-token": token.reveal(), "X-Reva-Transfer": transfer.reveal()}
+
+
+class Transfer:
+    """Downloads and uploads through the data gateway.
+
+    http_threads: worker threads (and pooled connections per host) for transfers.
+    connect_timeout / read_timeout: seconds (read_timeout bounds a stalled server).
+    retries: extra attempts on transport failures (connection refused/reset, timeouts, 502/503/504);
+    downloads resume where they stopped, tus uploads ask the server's offset (HEAD) and go on,
+    simple uploads restart from scratch.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        http_threads: int = 8,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.2,
+        backoff_max: float = 5.0,
+        ticket_lifetime: float = 60.0,
+        ca_file: str | None = None,
+    ) -> None:
+        if http_threads < 1:
+            raise ValueError(f"http_threads must be ≥ 1, got {http_threads}")
+        self.gw = gateway
+        self.limiter = trio.CapacityLimiter(http_threads)
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.ticket_lifetime = ticket_lifetime
+        kw: dict[str, Any] = {}
+        if ca_file is not None:
+            kw["ca_certs"] = ca_file
+        self.pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=http_threads,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            blocksize=CHUNK,
+            **kw,
+        )
+
+    def close(self) -> None:
+        self.pool.clear()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[[threading.Event], T]) -> T:
+        """Run fn(stop) in a worker thread. On cancellation, `stop` is set and the task returns at once."""
+        stop = threading.Event()
+        try:
+            return await trio.to_thread.run_sync(fn, stop, limiter=self.limiter, abandon_on_cancel=True)
+        finally:
+            stop.set()
+
+    async def _pause(self, attempt: int) -> None:
+        await trio.sleep(min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2))
+
+    # -- download ---------------------------------------------------------------------------------
+
+    async def initiate_download(self, ref: Ref, *, lock_id: str | None = None) -> DownloadTicket:
+        """Ask the gateway where to GET the file; the ticket is reusable for several ranged reads."""
+        req = pb.InitiateFileDownloadRequest(ref=ref_to_pb(ref), lock_id=lock_id or "")
+        res = await self.gw.call("InitiateFileDownload", req, op="download", path=str(ref))
+        protos = {p.protocol: p for p in res.protocols}
+        p = protos.get("simple") or protos.get("spaces") or (res.protocols[0] if res.protocols else None)
+        if p is None:
+            raise ServerError("no download protocol offered", op="download", path=str(ref))
+        return DownloadTicket(
+            p.download_endpoint, Secret(p.token), trio.current_time() + self.ticket_lifetime
+        )
+
+    async def read_range(
+        self,
+        ticket: DownloadTicket,
+        fd: int,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        fd_offset: int | None = None,
+        path: str = "",
+    ) -> int:
+        """GET bytes [offset, offset+length) (to EOF if length is None) and pwrite them to `fd` at
+        `fd_offset` (default: `offset`). Returns the number of bytes written (short at EOF).
+        Transport failures are retried, resuming after the bytes already written."""
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument(f"bad range {offset}+{length}", op="read", path=path)
+        if length == 0:
+            return 0
+        base = offset if fd_offset is None else fd_offset
+        done = 0
+        attempt = 0
+        while True:
+            token = await self.gw.access_token()
+            want = None if length is None else length - done
+
+            def work(
+                stop: threading.Event,
+                start: int = offset + done,
+                want: int | None = want,
+                at: int = base + done,
+                token: Secret = token,
+            ) -> int:
+                return self._get(ticket, token, fd, start, want, at, stop, path)
+
+            try:
+                done += await self._in_thread(work)
+                return done
+            except _Transient as t:
+                done += t.progress
+                if attempt >= self.retries:
+                    raise t.error from None
+                log.debug("read %s: %s, retry %d", path, t.error, attempt + 1)
+                await self._pause(attempt)
+                attempt += 1
+
+    def _get(
+        self,
+        ticket: DownloadTicket,
+        token: Secret,
+        fd: int,
+        start: int,
+        want: int | None,
+        at: int,
+        stop: threading.Event,
+        path: str,
+    ) -> int:
+        headers = _headers(token, ticket.token)
+        if start or want is not None:
+            headers["Range"] = f"bytes={start}-" + ("" if want is None else str(start + want - 1))
+        written = 0
+        own = os.dup(fd)
+        try:
+            try:
+                resp = self.pool.request(
+                    "GET", ticket.url, headers=headers, preload_content=False, redirect=False
+                )
+            except Urllib3Error as e:
+                raise _Transient(_transport_error(e, op="read", path=path)) from None
+            try:
+                if resp.status == 416:
+                    return 0  # at or past EOF
+                if resp.status not in (200, 206):
+                    err = _http_error(resp.status, op="read", path=path)
+                    if resp.status in (502, 503, 504):
+                        raise _Transient(err)
+                    raise err
+                skip = start if resp.status == 200 else 0  # server ignored Range
+                buf = bytearray(CHUNK)
+                view = memoryview(buf)
+                while want is None or written < want:
+                    if stop.is_set():
+                        raise _Stopped
+                    n = resp.readinto(buf)
+                    if not n:
+                        break
+                    chunk = view[:n]
+                    if skip:
+                        cut = min(skip, n)
+                        skip -= cut
+                        chunk = chunk[cut:]
+                    if want is not None:
+                        chunk = chunk[: want - written]
+                    pos = 0
+                    while pos < len(chunk):
+                        pos += os.pwrite(own, chunk[pos:], at + written + pos)
+                    written += len(chunk)
+                if want is not None and written < want and resp.status == 206:
+                    # a Content-Range shorter than asked is EOF; a cut connection is not
+                    total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                    if not total.isdigit() or start + written < int(total):
+                        raise _Transient(
+                            ServerUnavailable("download cut short", op="read", path=path), written
+                        )
+                return written
+            except Urllib3Error as e:
+                raise _Transient(_transport_error(e, op="read", path=path), written) from None
+            finally:
+                resp.release_conn() if resp.status in (200, 206) and not stop.is_set() else resp.drain_conn()
+        finally:
+            os.close(own)
+
+    async def download(
+        self,
+        ref: Ref,
+        fd: int,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        fd_offset: int | None = None,
+        lock_id: str | None = None,
+    ) -> int:
+        """initiate_download + read_range in one go. Returns bytes written."""
+        ticket = await self.initiate_download(ref, lock_id=lock_id)
+        return await self.read_range(
+            ticket, fd, offset=offset, length=length, fd_offset=fd_offset, path=str(ref)
+        )
+
+    # -- upload -----------------------------------------------------------------------------------
+
+    async def _initiate_upload(
+        self,
+        ref: Ref,
+        length: int,
+        *,
+        if_match: str | None,
+        if_not_exist: bool,
+        lock_id: str | None,
+        mtime_ns: int | None,
+    ) -> dict[str, tuple[str, Secret]]:
+        entries = {"Upload-Length": str(length)}  # ALWAYS: without it Reva truncates the file to 0
+        if mtime_ns is not None:
+            entries["X-OC-Mtime"] = mtime_value(mtime_ns)
+        req = pb.InitiateFileUploadRequest(
+            opaque=opaque(entries),
+            ref=ref_to_pb(ref),
+            if_match=if_match or "",
+            if_not_exist=if_not_exist,
+            lock_id=lock_id or "",
+        )
+        try:
+            res = await self.gw.call("InitiateFileUpload", req, op="upload", path=str(ref), idempotent=False)
+        except FailedPrecondition as e:
+            if if_match and not isinstance(e, EtagMismatch):
+                raise EtagMismatch(e.message, op=e.op, path=e.path, code=e.code) from None
+            raise
+        return {p.protocol: (p.upload_endpoint, Secret(p.token)) for p in res.protocols}
+
+    async def upload(
+        self,
+        ref: Ref,
+        fd: int,
+        length: int,
+        *,
+        if_match: str | None = None,
+        if_not_exist: bool = False,
+        lock_id: str | None = None,
+        mtime_ns: int | None = None,
+    ) -> UploadResult:
+        """Upload `length` bytes of `fd` (from offset 0) as the whole new content of `ref`, one PUT.
+
+        if_match: the etag our copy is based on (EtagMismatch when the remote moved on);
+        if_not_exist: create only (AlreadyExists); lock_id: the CS3 lock we hold. Empty files need no
+        PUT. Transport failures restart the upload (new session), up to `retries` times."""
+        path = str(ref)
+        attempt = 0
+        while True:
+            protos = await self._initiate_upload(
+                ref, length, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
+            )
+            if length == 0:
+                return UploadResult("", None)
+            if "simple" not in protos:
+                raise ServerError(f"no simple upload offered ({', '.join(protos)})", op="upload", path=path)
+            url, transfer = protos["simple"]
+            token = await self.gw.access_token()
+
+            def work(
+                stop: threading.Event, url: str = url, transfer: Secret = transfer, token: Secret = token
+            ) -> UploadResult:
+                return self._put(url, token, transfer, fd, length, stop, path)
+
+            try:
+                return await self._in_thread(work)
+            except _Transient as t:
+                if attempt >= self.retries:
+                    raise t.error from None
+                log.debug("upload %s: %s, retry %d", path, t.error, attempt + 1)
+                await self._pause(attempt)
+                attempt += 1
+
+    def _body(self, fd: int, start: int, end: int, stop: threading.Event) -> Iterator[bytes]:
+        pos = start
+        while pos < end:
+            if stop.is_set():
+                raise _Stopped
+            chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+            if not chunk:
+                raise MeshError(f"local file shorter than {end} bytes", op="upload")
+            pos += len(chunk)
+            yield chunk
+
+    def _put(
+        self,
+        url: str,
+        token: Secret,
+        transfer: Secret,
+        fd: int,
+        length: int,
+        stop: threading.Event,
+        path: str,
+    ) -> UploadResult:
+        headers = _headers(token, transfer)
+        headers["Content-Length"] = str(length)
+        headers["Content-Type"] = "application/octet-stream"
+        own = os.dup(fd)
+        try:
+            try:
+                resp = self.pool.request(
+                    "PUT",
+                    url,
+                    body=self._body(own, 0, length, stop),
+                    headers=headers,
+                    redirect=False,
+                    chunked=False,
+                )
+            except Urllib3Error as e:
+                raise _Transient(_transport_error(e, op="upload", path=path)) from None
+            if resp.status not in (200, 201, 204):
+                err = _http_error(resp.status, op="upload", path=path)
+                if resp.status in (502, 503, 504):
+                    raise _Transient(err)
+                raise err
+            return _upload_result(resp.headers)
+        finally:
+            os.close(own)
+
+    # -- tus --------------------------------------------------------------------------------------
+
+    async def start_tus(
+        self,
+        ref: Ref,
+        length: int,
+        *,
+        if_match: str | None = None,
+        if_not_exist: bool = False,
+        lock_id: str | None = None,
+        mtime_ns: int | None = None,
+    ) -> TusSession:
+        """Open a resumable upload of `length` bytes; store `session.to_json()` to resume after a crash."""
+        protos = await self._initiate_upload(
+            ref, length, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
+        )
+        if "tus" not in protos:
+            raise ServerError(f"no tus upload offered ({', '.join(protos)})", op="upload", path=str(ref))
+        url, transfer = protos["tus"]
+        return TusSession(url, transfer, length, 0, str(ref))
+
+    async def tus_offset(self, session: TusSession) -> int:
+        """How many bytes the server has (HEAD). NotFound/... when the session is gone or expired."""
+        token = await self.gw.access_token()
+
+        def work(stop: threading.Event) -> int:
+            headers = _headers(token, session.token)
+            headers["Tus-Resumable"] = "1.0.0"
+            try:
+                resp = self.pool.request("HEAD", session.url, headers=headers, redirect=False)
+            except Urllib3Error as e:
+                raise _Transient(_transport_error(e, op="upload", path=session.ref)) from None
+            if resp.status not in (200, 204):
+                raise _http_error(resp.status, op="upload", path=session.ref)
+            value = resp.headers.get("Upload-Offset", "")
+            if not value.isdigit():
+                raise ServerError("HEAD without Upload-Offset", op="upload", path=session.ref)
+            return int(value)
+
+        attempt = 0
+        while True:
+            try:
+                return await self._in_thread(work)
+            except _Transient as t:
+                if attempt >= self.retries:
+                    raise t.error from None
+                await self._pause(attempt)
+                attempt += 1
+
+    async def tus_upload(
+        self,
+        session: TusSession,
+        fd: int,
+        *,
+        chunk_size: int = TUS_CHUNK,
+        resume: bool = True,
+        max_bytes: int | None = None,
+    ) -> UploadResult | TusSession:
+        """Send the rest of `fd` (file offset == upload offset) in PATCH chunks of `chunk_size`.
+
+        resume: first ask the server's offset (HEAD) instead of trusting `session.offset`.
+        max_bytes: stop after about that many bytes and return the updated session (for tests and
+        for spreading big uploads); otherwise returns the UploadResult once the server has it all.
+        Transport failures are retried from the server's offset, up to `retries` times in a row."""
+        offset = await self.tus_offset(session) if resume else session.offset
+        sent = 0
+        attempt = 0
+        while offset < session.length:
+            if max_bytes is not None and sent >= max_bytes:
+                return TusSession(session.url, session.token, session.length, offset, session.ref)
+            size = min(chunk_size, session.length - offset)
+            token = await self.gw.access_token()
+
+            def work(
+                stop: threading.Event, start: int = offset, size: int = size, token: Secret = token
+            ) -> tuple[int, UploadResult]:
+                return self._patch(session, token, fd, start, size, stop)
+
+            try:
+                new_offset, result = await self._in_thread(work)
+            except _Transient as t:
+                if attempt >= self.retries:
+                    raise t.error from None
+                log.debug("tus %s: %s, retry %d", session.ref, t.error, attempt + 1)
+                await self._pause(attempt)
+                attempt += 1
+                offset = await self.tus_offset(session)
+                continue
+            attempt = 0
+            sent += new_offset - offset
+            offset = new_offset
+            if offset >= session.length:
+                return result
+        return UploadResult("", None)
+
+    def _patch(
+        self, session: TusSession, token: Secret, fd: int, start: int, size: int, stop: threading.Event
+    ) -> tuple[int, UploadResult]:
+        headers = _headers(token, session.token)
+        headers.update(
+            {
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": str(start),
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(size),
+            }
+        )
+        own = os.dup(fd)
+        try:
+            try:
+                resp = self.pool.request(
+                    "PATCH",
+                    session.url,
+                    body=self._body(own, start, start + size, stop),
+                    headers=headers,
+                    redirect=False,
+                    chunked=False,
+                )
+            except Urllib3Error as e:
+                raise _Transient(_transport_error(e, op="upload", path=session.ref)) from None
+            if resp.status not in (200, 201, 204):
+                err = _http_error(resp.status, op="upload", path=session.ref)
+                if resp.status in (502, 503, 504):
+                    raise _Transient(err)
+                raise err
+            value = resp.headers.get("Upload-Offset", "")
+            new = int(value) if value.isdigit() else start + size
+            return new, _upload_result(resp.headers)
+        finally:
+            os.close(own)
+
+
+def _upload_result(headers: Any) -> UploadResult:
+    fid = headers.get("OC-FileId", "")
+    file_id: ResourceId | None
+    try:
+        file_id = ResourceId.parse(fid) if fid else None
+    except ValueError:
+        file_id = None
+    return UploadResult(headers.get("ETag", ""), file_id)
+
+
+__all__ = ["CHUNK", "TUS_CHUNK", "Transfer"]
