@@ -14,7 +14,7 @@ from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
 from cs3.storage.provider.v1beta1 import resources_pb2 as res_pb
 from cs3.storage.provider.v1beta1 import spaces_api_pb2 as spaces_pb
 
-from meshfs.errors import NotSupported
+from meshfs.errors import NotSupported, ServerError
 
 from ._convert import (
     lock_from_pb,
@@ -60,7 +60,10 @@ class Storage:
             try:
                 parts = await self.gw.call("ListContainerStream", req, op="list", path=str(ref), stream=True)
                 return [resource_from_pb(p.info) for p in parts if p.HasField("info")]
-            except NotSupported:
+            except (NotSupported, ServerError) as e:
+                # Reva's gateway answers gRPC UNKNOWN "error: not supported: Unimplemented" here
+                if not isinstance(e, NotSupported) and "not supported" not in e.message.lower():
+                    raise
                 self._stream_list = False
         res = await self.gw.call("ListContainer", req, op="list", path=str(ref))
         return [resource_from_pb(ri) for ri in res.infos]
