@@ -1,0 +1,1458 @@
+"""The on-disk data cache: sparse cache files, present-range maps and the crash-safe journal of dirty files.
+
+Owns the cache directory (mode 0700) and everything in it. Pure local-disk code: it imports nothing
+from meshfs.cs3, meshfs.fuse or meshfs.vfs (and never grpc/urllib3); trio only for the backpressure
+helper `SpaceWaiter`.
+
+Layout of a cache directory::
+
+    LOCK              flock'ed while a store is open (one daemon per cache dir); holds pid + boot id
+    CLEAN             present only after a clean close (all data fsynced, all state written)
+    data/<name>       one sparse file per cached remote file; its st_size is the file's logical size
+    meta/<name>.json  that file's state: key, size, etag, mtime, present ranges, LRU stamp and, while
+                      the file is dirty, its pending-upload record (the "journal")
+
+`<name>` is the first 32 hex digits of sha256(key); the caller's key (e.g. a CS3 resource id string)
+is stored inside the meta file, so any string is a valid key.
+
+Journal design (why per-record files, not an append-only log): every dirty file has its own small
+JSON record written with write-temp + fsync + rename + fsync(dir). A rename is atomic, so after
+`kill -9` or a power cut each record is either the old or the new version, never torn; records of
+different files never share bytes, so there is no compaction, no torn tail to repair and no replay
+order. The cost (two fsyncs) is paid only on state transitions — clean→dirty, rename, lock change,
+upload state, dirty→clean — never per write(2) of a file that is fully present locally.
+
+Durability contract:
+  * A pending-upload record is durable (fsynced) before `mark_dirty` returns, so the file is in the
+    journal before any byte of it is modified.
+  * Written data survives a crash of the process (it is in the kernel page cache). It survives a power
+    cut after `CacheFile.sync_data()` (the vfs calls it on fsync(2), the write-back before an upload),
+    exactly like data written to ext4.
+  * A dirty file whose remote content is only partly cached (random writes into a big remote file)
+    has its present-range map persisted after every change (data first, then the record), so after
+    a crash the missing ranges fetched from the server can never overwrite our writes, and ranges
+    never written are never uploaded as zeros. A fully present dirty file needs no per-write record:
+    its present set is [0, st_size) by definition.
+  * State of clean files (present ranges) is written lazily (`checkpoint()`, last close of a file,
+    `close()`): additions may be lost, which only costs a re-fetch. Removals (eviction, invalidate)
+    are recorded before the data is dropped, so a record never claims data that is gone. After an
+    unclean shutdown in the same boot (kernel page cache intact) the recorded ranges are trusted;
+    after a reboot without a clean close they are dropped (the data may not have reached the disk).
+
+Threading: all methods are synchronous. One store-wide `threading.Lock` guards the entry table, range
+maps, sizes, accounting and journal writes; data I/O (pread/pwrite) runs outside it on a positional fd
+shared by all handles of a file; a per-file lock orders mutations (write/truncate/invalidate/evict) of
+one file. Safe to call from several worker threads at once. Methods that may block on disk (anything
+that reads/writes data, fsyncs or unlinks: `open_file`, `mark_dirty`, `mark_clean`, `update_pending`,
+`rename_path`, `forget`, `ensure_space`, `checkpoint`, `close`, and `CacheFile.read/write/truncate/
+invalidate/sync_data/mark_present`) should be run in a worker thread by trio code; `pending`, `stats`,
+`lookup`, `CacheFile.missing/covers` are in-memory and cheap.
+
+Errors: every failure is a `StoreError` with an `errno` attribute; ENOSPC from the OS becomes
+`DiskFull` and leaves the previous state intact (records are replaced atomically; a failed write
+leaves the file's size and range map unchanged).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import ctypes
+import ctypes.util
+import enum
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CacheFile",
+    "CacheStore",
+    "DiskFull",
+    "EntryInfo",
+    "NotPresent",
+    "PendingState",
+    "PendingUpload",
+    "RangeSet",
+    "SpaceWaiter",
+    "StoreError",
+    "StoreLocked",
+    "StoreStats",
+    "WriteToCleanFile",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(Exception):
+    """Base class of cache-store errors; `errno` is what a filesystem operation should answer."""
+
+    errno: int = errno.EIO
+
+
+class DiskFull(StoreError):
+    """The cache directory's filesystem is full (ENOSPC from the OS) or writers waited too long for
+    space (backpressure timeout). Nothing already stored was damaged."""
+
+    errno = errno.ENOSPC
+
+
+class NotPresent(StoreError):
+    """A read touched bytes that are not (or no longer: evicted/invalidated meanwhile) in the cache.
+    The caller fetches the missing ranges and retries."""
+
+    errno = errno.EIO
+
+
+class StoreLocked(StoreError):
+    """Another process has this cache directory open."""
+
+    errno = errno.EBUSY
+
+
+class WriteToCleanFile(StoreError):
+    """write/truncate on a file that is not dirty: call `CacheStore.mark_dirty` first (a bug)."""
+
+    errno = errno.EIO
+
+
+def _wrap_os_error(exc: OSError, what: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        err: StoreError = DiskFull(f"cache: no space left on the cache disk while {what}")
+    else:
+        err = StoreError(f"cache: {what}: {exc.strerror or exc}")
+        err.errno = exc.errno or errno.EIO
+    return err
+
+
+# --------------------------------------------------------------------------------------------------
+# RangeSet
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSet:
+    """An immutable set of byte offsets stored as sorted, merged, half-open intervals [start, end).
+
+    Adjacent or overlapping intervals are always merged, so two equal sets compare equal. Operations
+    return new sets; lookups are O(log n), updates O(n) in the number of intervals.
+    """
+
+    starts: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, intervals: Iterable[tuple[int, int]]) -> RangeSet:
+        """Build from (start, end) pairs in any order; empty pairs are ignored."""
+        result = cls()
+        for start, end in intervals:
+            result = result.add(start, end - start)
+        return result
+
+    @classmethod
+    def full(cls, size: int) -> RangeSet:
+        """[0, size) (empty for size 0)."""
+        return cls((0,), (size,)) if size > 0 else cls()
+
+    def intervals(self) -> list[tuple[int, int]]:
+        """The (start, end) pairs, sorted."""
+        return list(zip(self.starts, self.ends, strict=True))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.starts, self.ends, strict=True)
+
+    def __len__(self) -> int:
+        """Number of intervals."""
+        return len(self.starts)
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    @property
+    def total(self) -> int:
+        """Number of bytes in the set."""
+        return sum(self.ends) - sum(self.starts)
+
+    def add(self, off: int, length: int) -> RangeSet:
+        """The set with [off, off+length) added."""
+        if length <= 0:
+            return self
+        start, end = off, off + length
+        i = bisect.bisect_left(self.ends, start)  # first interval that ends at/after start: merges
+        j = bisect.bisect_right(self.starts, end)  # intervals starting at/before end merge
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+        return RangeSet(
+            (*self.starts[:i], start, *self.starts[j:]),
+            (*self.ends[:i], end, *self.ends[j:]),
+        )
+
+    def subtract(self, off: int, length: int) -> RangeSet:
+        """The set with [off, off+length) removed."""
+        if length <= 0 or not self.starts:
+            return self
+        start, end = off, off + length
+        i = bisect.bisect_right(self.ends, start)  # first interval ending after start
+        j = bisect.bisect_left(self.starts, end)  # intervals starting before end overlap
+        if i >= j:
+            return self
+        mid_s: list[int] = []
+        mid_e: list[int] = []
+        if self.starts[i] < start:
+            mid_s.append(self.starts[i])
+            mid_e.append(start)
+        if self.ends[j - 1] > end:
+            mid_s.append(end)
+            mid_e.append(self.ends[j - 1])
+        return RangeSet(
+            self.starts[:i] + tuple(mid_s) + self.starts[j:],
+            self.ends[:i] + tuple(mid_e) + self.ends[j:],
+        )
+
+    def union(self, other: RangeSet) -> RangeSet:
+        result = self
+        for s, e in other:
+            result = result.add(s, e - s)
+        return result
+
+    def difference(self, other: RangeSet) -> RangeSet:
+        result = self
+        for s, e in other:
+            result = result.subtract(s, e - s)
+        return result
+
+    def clip(self, size: int) -> RangeSet:
+        """The part below `size`."""
+        if not self.ends or self.ends[-1] <= size:
+            return self
+        return self.subtract(size, self.ends[-1] - size)
+
+    def contains(self, off: int, length: int) -> bool:
+        """True if every byte of [off, off+length) is in the set (an empty range always is)."""
+        if length <= 0:
+            return True
+        i = bisect.bisect_right(self.starts, off) - 1
+        return i >= 0 and self.ends[i] >= off + length
+
+    def missing(self, off: int, length: int) -> list[tuple[int, int]]:
+        """The (offset, length) pieces of [off, off+length) that are not in the set, in order."""
+        if length <= 0:
+            return []
+        start, end = off, off + length
+        out: list[tuple[int, int]] = []
+        i = bisect.bisect_right(self.ends, start)
+        pos = start
+        while i < len(self.starts) and self.starts[i] < end:
+            if self.starts[i] > pos:
+                out.append((pos, self.starts[i] - pos))
+            pos = max(pos, self.ends[i])
+            i += 1
+        if pos < end:
+            out.append((pos, end - pos))
+        return out
+
+    def to_json(self) -> list[list[int]]:
+        return [[s, e] for s, e in self]
+
+    @classmethod
+    def from_json(cls, value: Any) -> RangeSet:
+        if not isinstance(value, list):
+            raise ValueError("ranges must be a list")
+        pairs = []
+        for item in value:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not all(isinstance(x, int) and x >= 0 for x in item)
+            ):
+                raise ValueError(f"bad range {item!r}")
+            pairs.append((item[0], item[1]))
+        return cls.of(pairs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Values
+
+
+class PendingState(enum.Enum):
+    """Where a dirty file stands in the write-back pipeline (the writeback module drives it)."""
+
+    DIRTY = "dirty"  # modified locally, upload not started
+    UPLOADING = "uploading"  # an upload is running
+    CONFLICT = "conflict"  # the server copy changed meanwhile; ours must go up as a conflict copy
+    FAILED = "failed"  # last attempt failed (will be retried)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUpload:
+    """The journal record of a dirty file.
+
+    key: the caller's cache key; cache_name: the data file name under data/; path: the path as the
+    vfs knows it (follows local renames); resource_id: the CS3 resource id string, None for a file
+    not yet on the server; base_etag: the etag our copy started from (None for a new file); lock_id:
+    the CS3 lock we hold on it, if any; size: the local size when last recorded; generation: bumped
+    by every local modification (`mark_clean` only succeeds if it still matches); state: see
+    PendingState; upload_token: opaque resume information of a running upload (e.g. a tus URL);
+    error: the last upload error, for `meshfs status`.
+    """
+
+    key: str
+    cache_name: str
+    path: str
+    resource_id: str | None
+    base_etag: str | None
+    lock_id: str | None
+    size: int
+    generation: int
+    state: PendingState = PendingState.DIRTY
+    upload_token: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """A snapshot of one cached file (for getattr/status)."""
+
+    key: str
+    size: int
+    etag: str | None
+    mtime: float | None
+    present_bytes: int
+    dirty: bool
+    open_handles: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Cache use: `used` counts present bytes of every file (dirty included), `limit` the configured
+    size, `dirty_bytes` the part that cannot be evicted."""
+
+    limit: int
+    used: int
+    dirty_bytes: int
+    files: int
+    dirty_files: int
+    open_files: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Internals
+
+_UNSET: Any = object()
+_PUNCH_GUARD = 16 * 1024 * 1024  # bytes kept around the last read offset of an open file on eviction
+_libc: ctypes.CDLL | None = None
+
+
+def _punch_hole(fd: int, off: int, length: int) -> bool:
+    """Free the disk blocks of [off, off+length) keeping the size; False if the fs cannot."""
+    global _libc
+    if length <= 0:
+        return True
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fallocate = _libc.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    falloc_fl_keep_size, falloc_fl_punch_hole = 0x01, 0x02
+    if fallocate(fd, falloc_fl_keep_size | falloc_fl_punch_hole, off, length) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def cache_name(key: str) -> str:
+    """The file name used for `key` under data/ and meta/."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class _Entry:
+    """Mutable per-file state; guarded by the store lock (fields) and `mutex` (data mutations)."""
+
+    __slots__ = (
+        "atime",
+        "epoch",
+        "etag",
+        "fd",
+        "generation",
+        "key",
+        "last_off",
+        "meta_dirty",
+        "mtime",
+        "mutex",
+        "name",
+        "pending",
+        "pins",
+        "present",
+        "size",
+        "unsynced",
+    )
+
+    def __init__(self, key: str, name: str) -> None:
+        self.key = key
+        self.name = name
+        self.size = 0
+        self.etag: str | None = None
+        self.mtime: float | None = None
+        self.present = RangeSet()
+        self.atime = 0
+        self.pins = 0
+        self.fd: int | None = None
+        self.epoch = 0
+        self.pending: PendingUpload | None = None
+        self.generation = 0
+        self.meta_dirty = False
+        self.unsynced = False
+        self.last_off = 0
+        self.mutex = threading.Lock()
+
+    @property
+    def partial(self) -> bool:
+        """Dirty with remote bytes not yet fetched: its range map must be journaled on every change."""
+        return self.pending is not None and not self.present.contains(0, self.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# The store
+
+
+class CacheStore:
+    """The cache directory. Open one per daemon; `close()` (or use as a context manager) at exit.
+
+    `limit` is the cache size in bytes: clean data is evicted least-recently-used (whole files; for
+    files that are open, ranges away from the last read position) to stay below it; dirty data is
+    never evicted. Writers call `ensure_space(n)` (or `SpaceWaiter.reserve`) before adding n bytes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], limit: int) -> None:
+        """Open (creating if needed) the cache at `directory`; loads every entry and the journal.
+
+        Raises StoreLocked if another process has it open, StoreError if it is unusable.
+        """
+        self.directory = Path(directory)
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._clock = itertools.count(1)
+        self._used = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._closed = False
+        self._data_dir = self.directory / "data"
+        self._meta_dir = self.directory / "meta"
+        self._lock_fd = -1
+        try:
+            self._prepare_dir()
+            self._load()
+        except OSError as exc:
+            self._release_lock_file()
+            raise _wrap_os_error(exc, f"opening cache dir {self.directory}") from exc
+        except BaseException:
+            self._release_lock_file()
+            raise
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def _prepare_dir(self) -> None:
+        d = self.directory
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = d.stat()
+        if st.st_uid != os.getuid():
+            raise StoreError(f"cache: {d} is owned by uid {st.st_uid}, not by this user")
+        if st.st_mode & 0o077:
+            os.chmod(d, 0o700)
+        for sub in (self._data_dir, self._meta_dir):
+            sub.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0]
+            os.close(fd)
+            raise StoreLocked(
+                f"cache: {d} is in use by another meshfs ({holder or 'unknown pid'}); use another --cache-dir"
+            ) from None
+        self._lock_fd = fd
+        previous = os.pread(fd, 400, 0).decode(errors="replace").split("\n")
+        self._prev_boot = previous[1] if len(previous) > 1 else ""
+        info = f"pid {os.getpid()}\n{_boot_id()}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+
+    def _release_lock_file(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _load(self) -> None:
+        clean_marker = self.directory / "CLEAN"
+        trusted = clean_marker.exists() or self._prev_boot == _boot_id()
+        with contextlib.suppress(FileNotFoundError):
+            clean_marker.unlink()
+        self._fsync_dir(self.directory)
+        records: list[tuple[int, _Entry]] = []
+        for meta in self._meta_dir.iterdir():
+            if meta.name.endswith(".tmp"):
+                meta.unlink(missing_ok=True)
+                continue
+            if not meta.name.endswith(".json"):
+                continue
+            name = meta.name[: -len(".json")]
+            try:
+                raw = json.loads(meta.read_bytes())
+                entry, atime = self._entry_from_json(name, raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("cache: dropping unreadable record %s: %s", meta, exc)
+                self._drop_files(name)
+                continue
+            data_path = self._data_dir / name
+            try:
+                disk_size = data_path.stat().st_size
+            except FileNotFoundError:
+                disk_size = None
+            if entry.pending is not None:
+                if disk_size is None:
+                    # The data file of a dirty entry is always created before its record: a missing
+                    # file means the cache dir was damaged by hand. Recreate as empty, keep the record.
+                    log.error("cache: data of pending upload %s is missing", entry.pending.path)
+                    disk_size = 0
+                    os.close(os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                if raw.get("full"):
+                    entry.size = disk_size
+                    entry.present = RangeSet.full(disk_size)
+                else:
+                    # Partial dirty file: the record is authoritative for size and ranges.
+                    os.truncate(data_path, entry.size)
+                    entry.present = entry.present.clip(entry.size)
+                entry.generation = entry.pending.generation + 1
+                entry.pending = replace(entry.pending, size=entry.size, generation=entry.generation)
+            else:
+                if disk_size is None or not trusted:
+                    entry.present = RangeSet()
+                    if disk_size is not None:
+                        os.truncate(data_path, 0)
+                    entry.meta_dirty = True
+                else:
+                    entry.present = entry.present.clip(min(entry.size, disk_size))
+                    if disk_size != entry.size:
+                        os.truncate(data_path, entry.size)
+            records.append((atime, entry))
+        # Data files without a record are leftovers of an interrupted create/forget.
+        known = {e.name for _, e in records}
+        for data in self._data_dir.iterdir():
+            if data.name not in known:
+                data.unlink(missing_ok=True)
+        records.sort(key=lambda r: r[0])
+        for _, entry in records:
+            entry.atime = next(self._clock)
+            self._entries[entry.key] = entry
+            self._used += entry.present.total
+        if not trusted:
+            log.info("cache: unclean shutdown before a reboot: cached clean data dropped")
+
+    def close(self) -> None:
+        """Write all state, fsync data, mark the directory cleanly closed and release it.
+
+        Open CacheFile handles become unusable. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            entries = list(self._entries.values())
+        try:
+            for e in entries:
+                with e.mutex:
+                    if e.fd is not None and e.unsynced:
+                        os.fsync(e.fd)
+                        e.unsynced = False
+                    if e.meta_dirty or e.pending is not None:
+                        self._write_meta(e, durable=False)
+                    if e.fd is not None:
+                        os.close(e.fd)
+                        e.fd = None
+            self._fsync_dir(self._meta_dir)
+            self._write_atomic(self.directory / "CLEAN", b"clean\n", durable=True)
+        except OSError as exc:
+            log.error("cache: closing %s: %s (state will be rechecked at next open)", self.directory, exc)
+        finally:
+            self._release_lock_file()
+
+    def __enter__(self) -> CacheStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- files -----------------------------------------------------------------------------------
+
+    def open_file(self, key: str, *, size: int, etag: str | None, mtime: float | None = None) -> CacheFile:
+        """Open (create if new) the cache file for `key`, revalidating it against the remote state.
+
+        `size`/`etag`/`mtime` describe the remote file as just stat'ed (etag None for a file that does
+        not exist on the server yet). If the entry is clean and its etag differs, its cached data is
+        dropped (close-to-open consistency). A dirty entry keeps its local content and size whatever
+        the remote says (the write-back detects conflicts). The handle pins the entry (it cannot be
+        evicted whole) until `CacheFile.close()`.
+        """
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(key)
+            created = entry is None
+            if entry is None:
+                entry = _Entry(key, cache_name(key))
+                entry.size, entry.etag, entry.mtime = size, etag, mtime
+                entry.meta_dirty = True
+                self._entries[key] = entry
+            entry.pins += 1
+            entry.atime = next(self._clock)
+        try:
+            with entry.mutex:
+                if entry.fd is None:
+                    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                    entry.fd = os.open(self._data_dir / entry.name, flags, 0o600)
+                if created:
+                    os.ftruncate(entry.fd, size)
+                elif entry.pending is None and (entry.etag != etag or entry.size != size):
+                    self._reset_locked(entry, size=size, etag=etag, mtime=mtime)
+                elif entry.pending is None and mtime is not None:
+                    entry.mtime = mtime
+        except OSError as exc:
+            self._unpin(entry)
+            raise _wrap_os_error(exc, f"opening cache file for {key}") from exc
+        return CacheFile(self, entry)
+
+    def lookup(self, key: str) -> EntryInfo | None:
+        """A snapshot of the entry for `key`, or None."""
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None:
+                return None
+            return EntryInfo(e.key, e.size, e.etag, e.mtime, e.present.total, e.pending is not None, e.pins)
+
+    def forget(self, key: str) -> None:
+        """Drop the entry for `key` entirely — data, ranges and any pending upload (the file was
+        deleted locally, or its upload finished under another key). Open handles keep working on
+        the unlinked data until closed."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return
+            self._used -= entry.present.total
+            entry.epoch += 1
+        with entry.mutex:
+            try:
+                (self._meta_dir / f"{entry.name}.json").unlink(missing_ok=True)
+                self._fsync_dir(self._meta_dir)
+                (self._data_dir / entry.name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise _wrap_os_error(exc, f"forgetting {key}") from exc
+            if entry.pins == 0 and entry.fd is not None:
+                os.close(entry.fd)
+                entry.fd = None
+        self._notify_space()
+
+    def rekey(self, old: str, new: str) -> None:
+        """Move the entry `old` to key `new` (e.g. a new file got its resource id). Replaces any
+        clean entry at `new`; raises StoreError if `new` is dirty."""
+        with self._lock:
+            entry = self._entries.get(old)
+            if entry is None or old == new:
+                return
+            other = self._entries.get(new)
+            if other is not None and other.pending is not None:
+                raise StoreError(f"cache: cannot rekey {old} to {new}: {new} has a pending upload")
+        if other is not None:
+            self.forget(new)
+        with entry.mutex:
+            new_name = cache_name(new)
+            try:
+                os.replace(self._data_dir / entry.name, self._data_dir / new_name)
+                with self._lock:
+                    old_name = entry.name
+                    entry.key, entry.name = new, new_name
+                    if entry.pending is not None:
+                        entry.pending = replace(entry.pending, key=new, cache_name=new_name)
+                    self._entries.pop(old, None)
+                    self._entries[new] = entry
+                self._write_meta(entry, durable=True)
+                (self._meta_dir / f"{old_name}.json").unlink(missing_ok=True)
+                self._fsync_dir(self._meta_dir)
+            except OSError as exc:
+                raise _wrap_os_error(exc, f"renaming cache entry {old}") from exc
+
+    # ---- journal ---------------------------------------------------------------------------------
+
+    def mark_dirty(
+        self,
+        key: str,
+        *,
+        path: str,
+        resource_id: str | None,
+        base_etag: str | None,
+        lock_id: str | None = None,
+    ) -> PendingUpload:
+        """Record durably that the file `key` (which must be open) is about to be modified.
+
+        Call before the first write/truncate of a clean file; on an already dirty file it does no I/O
+        and returns the current record (the arguments are then ignored: use update_pending/
+        rename_path). `base_etag` is the etag the cached content belongs to (None for a new file).
+        """
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(key)
+            if entry is None or entry.fd is None:
+                raise StoreError(f"cache: mark_dirty({key}): the file is not open")
+            if entry.pending is not None:
+                return entry.pending
+        with entry.mutex:
+            if entry.pending is not None:
+                return entry.pending
+            entry.generation += 1
+            record = PendingUpload(
+                key=key,
+                cache_name=entry.name,
+                path=path,
+                resource_id=resource_id,
+                base_etag=base_etag,
+                lock_id=lock_id,
+                size=entry.size,
+                generation=entry.generation,
+            )
+            self._commit_pending(entry, record, what=f"journaling {path}")
+            return record
+
+    def pending(self) -> list[PendingUpload]:
+        """Every pending upload (the journal), oldest modification first. In-memory, cheap."""
+        with self._lock:
+            dirty = [e for e in self._entries.values() if e.pending is not None]
+            dirty.sort(key=lambda e: e.atime)
+            return [
+                replace(e.pending, size=e.size, generation=e.generation)
+                for e in dirty
+                if e.pending is not None
+            ]
+
+    def get_pending(self, key: str) -> PendingUpload | None:
+        """The current pending record of `key` (with its live size and generation), or None."""
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None or e.pending is None:
+                return None
+            return replace(e.pending, size=e.size, generation=e.generation)
+
+    def update_pending(
+        self,
+        key: str,
+        *,
+        path: str = _UNSET,
+        resource_id: str | None = _UNSET,
+        base_etag: str | None = _UNSET,
+        lock_id: str | None = _UNSET,
+        state: PendingState = _UNSET,
+        upload_token: str | None = _UNSET,
+        error: str | None = _UNSET,
+    ) -> PendingUpload:
+        """Change fields of a pending record durably (only the ones passed). Raises StoreError if
+        `key` is not dirty."""
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("path", path),
+                ("resource_id", resource_id),
+                ("base_etag", base_etag),
+                ("lock_id", lock_id),
+                ("state", state),
+                ("upload_token", upload_token),
+                ("error", error),
+            )
+            if v is not _UNSET
+        }
+        entry = self._dirty_entry(key)
+        with entry.mutex:
+            if entry.pending is None:
+                raise StoreError(f"cache: {key} has no pending upload")
+            record = replace(entry.pending, **changes)
+            self._commit_pending(entry, record, what=f"journaling {record.path}")
+            return record
+
+    def mark_clean(
+        self,
+        key: str,
+        generation: int,
+        *,
+        etag: str | None,
+        mtime: float | None = None,
+        resource_id: str | None = _UNSET,
+    ) -> bool:
+        """The upload of `key` that started at `generation` is durable on the server with `etag`.
+
+        Returns False (and keeps the file dirty, with `base_etag` advanced to `etag` so the next upload
+        is not taken for a conflict) when the file was modified after that generation; True when the
+        file is now clean: its data stays cached as the content of `etag`.
+        """
+        entry = self._dirty_entry(key)
+        with entry.mutex:
+            if entry.pending is None:
+                return True
+            if entry.generation != generation:
+                rid = entry.pending.resource_id if resource_id is _UNSET else resource_id
+                record = replace(entry.pending, base_etag=etag, resource_id=rid)
+                self._commit_pending(entry, record, what=f"journaling {record.path}")
+                return False
+            old = entry.pending
+            with self._lock:
+                entry.pending = None
+                entry.etag = etag
+                if mtime is not None:
+                    entry.mtime = mtime
+            try:
+                self._write_meta(entry, durable=True)
+            except OSError as exc:
+                with self._lock:
+                    entry.pending = old
+                raise _wrap_os_error(exc, f"recording the upload of {old.path}") from exc
+            with self._lock:
+                entry.atime = next(self._clock)
+        self._notify_space()
+        return True
+
+    def rename_path(self, old_path: str, new_path: str) -> list[PendingUpload]:
+        """A local rename: every pending upload at `old_path` or below it (a directory) follows to
+        `new_path`. Returns the updated records."""
+        prefix = old_path.rstrip("/") + "/"
+        with self._lock:
+            hits = [
+                e
+                for e in self._entries.values()
+                if e.pending is not None and (e.pending.path == old_path or e.pending.path.startswith(prefix))
+            ]
+        out = []
+        for e in hits:
+            with e.mutex:
+                if e.pending is None:
+                    continue
+                p = e.pending.path
+                moved = new_path if p == old_path else new_path.rstrip("/") + "/" + p[len(prefix) :]
+                record = replace(e.pending, path=moved)
+                self._commit_pending(e, record, what=f"journaling rename of {p}")
+                out.append(record)
+        return out
+
+    def _dirty_entry(self, key: str) -> _Entry:
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(key)
+            if entry is None or entry.pending is None:
+                raise StoreError(f"cache: {key} has no pending upload")
+            return entry
+
+    def _commit_pending(self, entry: _Entry, record: PendingUpload, *, what: str) -> None:
+        """Make `record` the durable pending state of `entry` (caller holds entry.mutex)."""
+        old = entry.pending
+        with self._lock:
+            entry.pending = replace(record, size=entry.size, generation=entry.generation)
+        try:
+            self._write_meta(entry, durable=True)
+        except OSError as exc:
+            with self._lock:
+                entry.pending = old
+            raise _wrap_os_error(exc, what) from exc
+
+    # ---- space -----------------------------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """Current use (in-memory, cheap)."""
+        with self._lock:
+            dirty = [e for e in self._entries.values() if e.pending is not None]
+            return StoreStats(
+                limit=self.limit,
+                used=self._used,
+                dirty_bytes=sum(e.present.total for e in dirty),
+                files=len(self._entries),
+                dirty_files=len(dirty),
+                open_files=sum(1 for e in self._entries.values() if e.pins),
+            )
+
+    def ensure_space(self, nbytes: int) -> bool:
+        """Evict clean data until `nbytes` more fit under the limit. True if they fit now; False if
+        dirty data (plus the recently read part of open files) leaves no room: the writer should wait
+        (see SpaceWaiter) or fail with ENOSPC. Readers call it before a fetch too and may proceed
+        on False (the overshoot is bounded by one fetch window)."""
+        while True:
+            with self._lock:
+                self._check_open()
+                if self._used + nbytes <= self.limit:
+                    return True
+                need = self._used + nbytes - self.limit
+                victim = self._pick_victim()
+            if victim is None:
+                return False
+            if not self._evict(victim, need):
+                # Busy (a write in progress) or nothing left to drop there: try others once more.
+                with self._lock:
+                    others = [
+                        e
+                        for e in self._entries.values()
+                        if e is not victim and e.pending is None and e.present
+                    ]
+                if not any(self._evict(e, need) for e in sorted(others, key=lambda e: e.atime)):
+                    return False
+
+    def _pick_victim(self) -> _Entry | None:
+        """LRU clean entry with data; unpinned ones first (caller holds the store lock)."""
+        best: _Entry | None = None
+        for e in self._entries.values():
+            if e.pending is not None or not e.present:
+                continue
+            if e.pins and not self._droppable(e):
+                continue
+            rank = (e.pins > 0, e.atime)
+            if best is None or rank < (best.pins > 0, best.atime):
+                best = e
+        return best
+
+    @staticmethod
+    def _droppable(e: _Entry) -> RangeSet:
+        if not e.pins:
+            return e.present
+        lo = max(0, e.last_off - _PUNCH_GUARD)
+        return e.present.subtract(lo, 2 * _PUNCH_GUARD)
+
+    def _evict(self, e: _Entry, need: int) -> bool:
+        """Drop clean data of `e`: the whole entry if no handle has it open, else ranges far from
+        its last read (lowest offsets first: for a sequential reader, the oldest)."""
+        if not e.mutex.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                if e.pending is not None or self._entries.get(e.key) is not e:
+                    return False
+                if e.pins == 0:
+                    # Whole entry: record first, then data, all under the store lock so that a
+                    # concurrent open_file of the same key cannot pick up the dying data file.
+                    self._entries.pop(e.key)
+                    self._used -= e.present.total
+                    e.epoch += 1
+                    try:
+                        self._drop_files(e.name)
+                    except OSError as exc:
+                        log.warning("cache: evicting %s: %s", e.key, exc)
+                    if e.fd is not None:
+                        os.close(e.fd)
+                        e.fd = None
+                    log.debug("cache: evicted %s (%d bytes)", e.key, e.present.total)
+                    return True
+                chosen = RangeSet()
+                for s, end in self._droppable(e):
+                    chosen = chosen.add(s, min(end - s, need - chosen.total))
+                    if chosen.total >= need:
+                        break
+                if not chosen:
+                    return False
+                e.epoch += 1
+                e.present = e.present.difference(chosen)
+                self._used -= chosen.total
+            try:
+                self._write_meta(e, durable=False)
+                assert e.fd is not None
+                for s, end in chosen:
+                    if not _punch_hole(e.fd, s, end - s):
+                        log.debug("cache: cannot punch holes in %s", self._data_dir)
+                        break
+            except OSError as exc:
+                log.warning("cache: evicting ranges of %s: %s", e.key, exc)
+            log.debug("cache: evicted %d bytes of open file %s", chosen.total, e.key)
+            return True
+        finally:
+            e.mutex.release()
+
+    def add_space_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback()` (from whatever thread frees it) whenever space may have been freed
+        (a dirty file became clean or was forgotten, a dirty file shrank). Returns a remover."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(callback)
+
+        return remove
+
+    def _notify_space(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for cb in listeners:
+            try:
+                cb()
+            except Exception:
+                log.exception("cache: space listener failed")
+
+    # ---- persistence -----------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write the state of clean files whose ranges changed (not fsynced: see the module doc).
+        The daemon calls it now and then; cheap when nothing changed."""
+        with self._lock:
+            changed = [e for e in self._entries.values() if e.meta_dirty and e.pending is None]
+        for e in changed:
+            with e.mutex:
+                if not e.meta_dirty or e.pending is not None or self._entries.get(e.key) is not e:
+                    continue
+                try:
+                    self._write_meta(e, durable=False)
+                except OSError as exc:
+                    log.warning("cache: saving state of %s: %s", e.key, exc)
+
+    def _meta_json(self, e: _Entry) -> bytes:
+        with self._lock:
+            full = e.present.contains(0, e.size)
+            obj: dict[str, Any] = {
+                "v": 1,
+                "key": e.key,
+                "size": e.size,
+                "etag": e.etag,
+                "mtime": e.mtime,
+                "atime": e.atime,
+                "full": full,
+                "ranges": [] if full else e.present.to_json(),
+                "pending": None,
+            }
+            p = e.pending
+            if p is not None:
+                obj["pending"] = {
+                    "path": p.path,
+                    "resource_id": p.resource_id,
+                    "base_etag": p.base_etag,
+                    "lock_id": p.lock_id,
+                    "generation": e.generation,
+                    "state": p.state.value,
+                    "upload_token": p.upload_token,
+                    "error": p.error,
+                }
+            e.meta_dirty = False
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _entry_from_json(self, name: str, raw: Any) -> tuple[_Entry, int]:
+        if not isinstance(raw, dict) or raw.get("v") != 1:
+            raise ValueError("unknown record version")
+        key = raw["key"]
+        if not isinstance(key, str) or cache_name(key) != name:
+            raise ValueError("key does not match the file name")
+        e = _Entry(key, name)
+        e.size = int(raw["size"])
+        e.etag = raw["etag"]
+        e.mtime = raw["mtime"]
+        e.present = RangeSet.full(e.size) if raw["full"] else RangeSet.from_json(raw["ranges"])
+        p = raw.get("pending")
+        if p is not None:
+            e.generation = int(p["generation"])
+            e.pending = PendingUpload(
+                key=key,
+                cache_name=name,
+                path=str(p["path"]),
+                resource_id=p["resource_id"],
+                base_etag=p["base_etag"],
+                lock_id=p["lock_id"],
+                size=e.size,
+                generation=e.generation,
+                state=PendingState(p["state"]),
+                upload_token=p.get("upload_token"),
+                error=p.get("error"),
+            )
+        return e, int(raw.get("atime", 0))
+
+    def _write_meta(self, e: _Entry, *, durable: bool) -> None:
+        """Replace e's record atomically (fsynced if `durable`). Caller holds e.mutex."""
+        data = self._meta_json(e)
+        try:
+            self._write_atomic(self._meta_dir / f"{e.name}.json", data, durable=durable)
+        except BaseException:
+            e.meta_dirty = True
+            raise
+
+    def _write_atomic(self, path: Path, data: bytes, *, durable: bool) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        if durable:
+            self._fsync_dir(path.parent)
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _drop_files(self, name: str) -> None:
+        (self._meta_dir / f"{name}.json").unlink(missing_ok=True)
+        (self._data_dir / name).unlink(missing_ok=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("cache: the store is closed")
+
+    # ---- used by CacheFile -----------------------------------------------------------------------
+
+    def _unpin(self, entry: _Entry) -> None:
+        with entry.mutex:
+            with self._lock:
+                entry.pins -= 1
+                last = entry.pins == 0
+                gone = self._entries.get(entry.key) is not entry
+            if last and entry.fd is not None and (gone or self._closed):
+                os.close(entry.fd)
+                entry.fd = None
+            if last and not gone and not self._closed and entry.meta_dirty and entry.pending is None:
+                try:
+                    self._write_meta(entry, durable=False)
+                except OSError as exc:
+                    log.warning("cache: saving state of %s: %s", entry.key, exc)
+
+    def _reset_locked(self, e: _Entry, *, size: int, etag: str | None, mtime: float | None) -> None:
+        """Drop all data of clean entry `e` and describe it as (size, etag). Caller holds e.mutex."""
+        assert e.fd is not None
+        with self._lock:
+            e.epoch += 1
+            self._used -= e.present.total
+            e.present = RangeSet()
+            e.size, e.etag, e.mtime = size, etag, mtime
+        self._write_meta(e, durable=False)
+        os.ftruncate(e.fd, 0)
+        os.ftruncate(e.fd, size)
+        e.unsynced = False
+
+
+class CacheFile:
+    """A handle on one cached file (returned by CacheStore.open_file; close it when done).
+
+    Reads: `read` returns the bytes if they are all present, else raises NotPresent. Fills: the
+    transfer layer writes fetched bytes at their offset into `fd` (positional writes, e.g.
+    os.pwrite), then calls `mark_present(off, length, epoch=<epoch read before the fetch>)`; a fill
+    that raced with an invalidation or eviction is then ignored. Only missing ranges may be filled
+    (writing over present bytes of a dirty file would destroy local changes). Writes: `write`/
+    `truncate` need the file to be dirty (`CacheStore.mark_dirty` first).
+    """
+
+    __slots__ = ("_closed", "_entry", "_store")
+
+    def __init__(self, store: CacheStore, entry: _Entry) -> None:
+        self._store = store
+        self._entry = entry
+        self._closed = False
+
+    # ---- properties ------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        return self._entry.key
+
+    @property
+    def fd(self) -> int:
+        """The data file's descriptor (O_RDWR, no O_DIRECT); positional I/O only."""
+        fd = self._entry.fd
+        if fd is None or self._closed:
+            raise StoreError(f"cache: handle on {self._entry.key} is closed")
+        return fd
+
+    @property
+    def data_path(self) -> Path:
+        return self._store._data_dir / self._entry.name
+
+    @property
+    def size(self) -> int:
+        return self._entry.size
+
+    @property
+    def etag(self) -> str | None:
+        return self._entry.etag
+
+    @property
+    def mtime(self) -> float | None:
+        return self._entry.mtime
+
+    @property
+    def dirty(self) -> bool:
+        return self._entry.pending is not None
+
+    @property
+    def generation(self) -> int:
+        """Bumped after every modification (snapshot it before reading data for an upload)."""
+        return self._entry.generation
+
+    @property
+    def epoch(self) -> int:
+        """Bumped whenever present data is dropped (invalidate, eviction, truncate)."""
+        return self._entry.epoch
+
+    @property
+    def present(self) -> RangeSet:
+        return self._entry.present
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def missing(self, off: int, size: int) -> list[tuple[int, int]]:
+        """The (offset, length) pieces of [off, off+size), clipped to the file size, not cached."""
+        e = self._entry
+        end = min(off + size, e.size)
+        if end <= off:
+            return []
+        return e.present.missing(off, end - off)
+
+    def covers(self, off: int, size: int) -> bool:
+        """True if [off, off+size) clipped to the file size is all cached."""
+        e = self._entry
+        end = min(off + size, e.size)
+        return end <= off or e.present.contains(off, end - off)
+
+    def read(self, off: int, size: int) -> bytes:
+        """The bytes of [off, off+size) (short at EOF). Raises NotPresent if any of it is not
+        cached, also when it was dropped while being read."""
+        e = self._entry
+        epoch = e.epoch
+        end = min(off + size, e.size)
+        if end <= off:
+            return b""
+        if not e.present.contains(off, end - off):
+            raise NotPresent(f"cache: {e.key}: [{off}, {end}) is not cached")
+        try:
+            data = os.pread(self.fd, end - off, off)
+        except OSError as exc:
+            raise _wrap_os_error(exc, f"reading cache file of {e.key}") from exc
+        if e.epoch != epoch:
+            raise NotPresent(f"cache: {e.key}: [{off}, {end}) was dropped during the read")
+        e.last_off = off
+        e.atime = next(self._store._clock)
+        return data
+
+    def mark_present(self, off: int, length: int, *, epoch: int | None = None) -> bool:
+        """Record that [off, off+length) now holds the remote content (clipped to the file size).
+        With `epoch` (the value of `self.epoch` read before fetching), a fill that raced with an
+        invalidation/eviction/truncate is ignored and False returned."""
+        e = self._entry
+        store = self._store
+        with e.mutex:
+            with store._lock:
+                if epoch is not None and epoch != e.epoch:
+                    return False
+                end = min(off + length, e.size)
+                if end <= off:
+                    return True
+                before = e.present.total
+                e.present = e.present.add(off, end - off)
+                store._used += e.present.total - before
+                e.meta_dirty = True
+                e.unsynced = True
+                partial_dirty = e.pending is not None
+            if partial_dirty:
+                try:
+                    store._write_meta(e, durable=True)
+                except OSError as exc:
+                    raise _wrap_os_error(exc, f"journaling a fill of {e.key}") from exc
+        return True
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    def write(self, off: int, data: bytes | memoryview) -> int:
+        """Write `data` at `off` (extending the file as needed). The file must be dirty. Returns the
+        number of bytes written (all of them, or DiskFull is raised with the file unchanged in
+        size and range map)."""
+        e = self._entry
+        store = self._store
+        n = len(data)
+        with e.mutex:
+            if e.pending is None:
+                raise WriteToCleanFile(f"cache: write to {e.key}, which is not marked dirty")
+            fd = self.fd
+            old_size = e.size
+            try:
+                view = memoryview(data)
+                done = 0
+                while done < n:
+                    done += os.pwrite(fd, view[done:], off + done)
+            except OSError as exc:
+                if off + n > old_size:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, old_size)
+                raise _wrap_os_error(exc, f"writing {e.pending.path}") from exc
+            was_partial = e.partial
+            with store._lock:
+                before = e.present.total
+                new_size = max(old_size, off + n)
+                e.present = e.present.add(off, n)
+                if new_size > old_size and off > old_size:
+                    e.present = e.present.add(old_size, off - old_size)  # the hole reads as zeros
+                e.size = new_size
+                store._used += e.present.total - before
+                e.generation += 1
+                e.unsynced = True
+                e.last_off = off
+                e.atime = next(store._clock)
+            if was_partial:
+                try:
+                    store._write_meta(e, durable=True)
+                except OSError as exc:
+                    raise _wrap_os_error(exc, f"journaling a write to {e.pending.path}") from exc
+        return n
+
+    def truncate(self, size: int) -> None:
+        """Set the file size (zeros when growing). The file must be dirty."""
+        e = self._entry
+        store = self._store
+        with e.mutex:
+            if e.pending is None:
+                raise WriteToCleanFile(f"cache: truncate of {e.key}, which is not marked dirty")
+            fd = self.fd
+            old_size = e.size
+            was_partial = e.partial
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                raise _wrap_os_error(exc, f"truncating {e.pending.path}") from exc
+            with store._lock:
+                before = e.present.total
+                if size < old_size:
+                    e.epoch += 1
+                    e.present = e.present.clip(size)
+                else:
+                    e.present = e.present.add(old_size, size - old_size)
+                e.size = size
+                store._used += e.present.total - before
+                e.generation += 1
+                e.unsynced = True
+            if was_partial:
+                try:
+                    store._write_meta(e, durable=True)
+                except OSError as exc:
+                    raise _wrap_os_error(exc, f"journaling a truncate of {e.pending.path}") from exc
+        if size < old_size:
+            store._notify_space()
+
+    def invalidate(self, *, size: int, etag: str | None, mtime: float | None = None) -> None:
+        """The remote content changed: drop this clean file's data and ranges and describe it as the
+        new remote version. Raises StoreError on a dirty file (its data is the user's)."""
+        e = self._entry
+        with e.mutex:
+            if e.pending is not None:
+                raise StoreError(f"cache: invalidate of {e.key}, which has a pending upload")
+            try:
+                self._store._reset_locked(e, size=size, etag=etag, mtime=mtime)
+            except OSError as exc:
+                raise _wrap_os_error(exc, f"invalidating {e.key}") from exc
+        self._store._notify_space()
+
+    def set_remote(self, *, size: int, etag: str | None, mtime: float | None = None) -> None:
+        """The remote file is known to have this state and our cached data matches it (e.g. after
+        our own upload): record it without dropping data."""
+        e = self._entry
+        with self._store._lock:
+            e.etag, e.mtime = etag, mtime
+            if e.pending is None:
+                e.size = size
+            e.meta_dirty = True
+
+    def sync_data(self) -> None:
+        """fsync the data file (fsync(2) of the user, or before starting an upload)."""
+        e = self._entry
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _wrap_os_error(exc, f"syncing cache file of {e.key}") from exc
+        e.unsynced = False
+
+    def close(self) -> None:
+        """Release the handle (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._store._unpin(self._entry)
+
+    def __enter__(self) -> CacheFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Backpressure for trio code
+
+
+class SpaceWaiter:
+    """Trio-side backpressure: `await waiter.reserve(n, timeout=...)` returns once `n` bytes fit in
+    the cache (evicting clean data in a worker thread), waiting — without polling — for uploads to
+    free space, and raises DiskFull after `timeout` seconds (trio's clock).
+
+    Create it inside the trio run (it remembers the trio token); `close()` it at shutdown.
+    """
+
+    def __init__(self, store: CacheStore, *, limiter: trio.CapacityLimiter | None = None) -> None:
+        self._store = store
+        self._limiter = limiter
+        self._token = trio.lowlevel.current_trio_token()
+        self._event = trio.Event()
+        self._remove = store.add_space_listener(self._wake)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._fire)
+
+    def _fire(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def reserve(self, nbytes: int, *, timeout: float) -> None:
+        """Wait until `nbytes` fit; DiskFull after `timeout` seconds (math.inf: wait forever)."""
+        deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
+        while True:
+            event = self._event
+            fits = await trio.to_thread.run_sync(self._store.ensure_space, nbytes, limiter=self._limiter)
+            if fits:
+                return
+            with trio.move_on_at(deadline):
+                await event.wait()
+                continue
+            raise DiskFull(
+                f"cache: full of data waiting for upload ({self._store.stats().dirty_bytes} bytes)"
+                f" for more than {timeout:g}s"
+            )
+
+    def close(self) -> None:
+        self._remove()
