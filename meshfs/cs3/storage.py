@@ -118,6 +118,13 @@ class Storage:
         return Quota(int(res.total_bytes), int(res.used_bytes))
 
     # -- locks ------------------------------------------------------------------------------------
+    # Reva's gateway cannot route GetLock/RefreshLock/Unlock by absolute path (decomposedfs answers
+    # INTERNAL "invalid reference path"), so a path reference is resolved to its id first.
+
+    async def _by_id(self, ref: Ref) -> Ref:
+        if ref.resource_id is not None:
+            return ref
+        return Ref.to((await self.stat(ref)).id)
 
     def _lock(self, lock_id: str, kind: LockKind, app_name: str, expiration: float | None) -> Lock:
         return Lock(lock_id, kind, self.gw.user.id, app_name, expiration)
@@ -139,6 +146,7 @@ class Storage:
 
     async def get_lock(self, ref: Ref) -> Lock | None:
         """The current lock, or None when the file is not locked (NotFound when the file is missing)."""
+        ref = await self._by_id(ref)
         res = await self.gw.call(
             "GetLock",
             pb.GetLockRequest(ref=ref_to_pb(ref)),
@@ -162,6 +170,7 @@ class Storage:
         existing_lock_id: str | None = None,
     ) -> None:
         """Extend (or replace, via existing_lock_id) our lock. Wrong id: Aborted; none: FailedPrecondition."""
+        ref = await self._by_id(ref)
         req = pb.RefreshLockRequest(
             ref=ref_to_pb(ref),
             lock=lock_to_pb(self._lock(lock_id, kind, app_name, expiration)),
@@ -173,6 +182,7 @@ class Storage:
         self, ref: Ref, lock_id: str, *, kind: LockKind = LockKind.WRITE, app_name: str = APP_NAME
     ) -> None:
         """Release our lock. Not locked → Aborted; someone else's id → Locked (as Reva answers)."""
+        ref = await self._by_id(ref)
         req = pb.UnlockRequest(ref=ref_to_pb(ref), lock=lock_to_pb(self._lock(lock_id, kind, app_name, None)))
         await self.gw.call("Unlock", req, op="unlock", path=str(ref))
 

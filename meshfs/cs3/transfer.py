@@ -27,6 +27,7 @@ from urllib3.exceptions import ReadTimeoutError
 from meshfs.errors import (
     HTTP_FALLBACK,
     HTTP_STATUS_ERRORS,
+    Aborted,
     EtagMismatch,
     FailedPrecondition,
     InvalidArgument,
@@ -292,18 +293,26 @@ class Transfer:
         entries = {"Upload-Length": str(length)}  # ALWAYS: without it Reva truncates the file to 0
         if mtime_ns is not None:
             entries["X-OC-Mtime"] = mtime_value(mtime_ns)
-        req = pb.InitiateFileUploadRequest(
-            opaque=opaque(entries),
-            ref=ref_to_pb(ref),
-            if_match=if_match or "",
-            if_not_exist=if_not_exist,
-            lock_id=lock_id or "",
-        )
+        # if_not_exist / if_match / if_unmodified_since are a proto *oneof*: set at most one of them
+        # (setting if_not_exist=False after if_match silently clears if_match)
+        if if_match and if_not_exist:
+            raise InvalidArgument("if_match and if_not_exist exclude each other", op="upload", path=str(ref))
+        req = pb.InitiateFileUploadRequest(opaque=opaque(entries), ref=ref_to_pb(ref), lock_id=lock_id or "")
+        if if_match:
+            req.if_match = if_match
+        elif if_not_exist:
+            req.if_not_exist = True
         try:
             res = await self.gw.call("InitiateFileUpload", req, op="upload", path=str(ref), idempotent=False)
-        except FailedPrecondition as e:
-            if if_match and not isinstance(e, EtagMismatch):
+        except (Aborted, FailedPrecondition) as e:
+            # Reva answers a wrong if_match etag with ABORTED "etag mismatch"
+            if if_match and "etag" in e.message.lower():
                 raise EtagMismatch(e.message, op=e.op, path=e.path, code=e.code) from None
+            raise
+        except ServerError as e:
+            # Reva wraps a wrong/unneeded lock id as INTERNAL "error getting upload id: error: aborted: ..."
+            if "aborted: " in e.message:
+                raise Aborted(e.message, op=e.op, path=e.path, code=e.code) from None
             raise
         return {p.protocol: (p.upload_endpoint, Secret(p.token)) for p in res.protocols}
 
