@@ -280,11 +280,8 @@ def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_
     if token.plus:
         pad -= _ENTRY_OUT.size
         is_dot = name == b"." or name == b".."
-        if is_dot:
-            # the kernel does not take a lookup for these; fuse_entry_out.nodeid 0 keeps it honest
-            eo = bytes(_ENTRY_OUT.size)
-        else:
-            eo = pack_entry_out(attr)
+        # the kernel takes no lookup for "." and ".."; a zero fuse_entry_out says "no attributes"
+        eo = bytes(_ENTRY_OUT.size) if is_dot else pack_entry_out(attr)
         token.chunks.append(eo + _DIRENT.pack(attr.st_ino, next_id, namelen, dtype) + name + _PAD[:pad])
     else:
         token.chunks.append(_DIRENT.pack(attr.st_ino, next_id, namelen, dtype) + name + _PAD[:pad])

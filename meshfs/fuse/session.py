@@ -118,7 +118,9 @@ class MountOptions:
     def check(self) -> None:
         """Raise MountError for a bad value."""
         if not 4096 <= self.max_write <= MiB or self.max_write % 4096:
-            raise MountError(f"max_write must be a multiple of 4096 between 4096 and {MiB}, got {self.max_write}")
+            raise MountError(
+                f"max_write must be a multiple of 4096 between 4096 and {MiB}, got {self.max_write}"
+            )
         if self.max_read < 0:
             raise MountError(f"max_read must be >= 0, got {self.max_read}")
         if not 1 <= self.max_background <= 65535:
@@ -151,7 +153,8 @@ def _libc() -> ctypes.CDLL:
     global _LIBC
     if _LIBC is None:
         lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+        c_str = ctypes.c_char_p
+        lib.mount.argtypes = [c_str, c_str, c_str, ctypes.c_ulong, c_str]
         lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         _LIBC = lib
     return _LIBC
@@ -196,6 +199,16 @@ def _cstr(mv: memoryview, off: int) -> tuple[bytes, int]:
 
 def _now_ns() -> int:
     return time.time_ns()
+
+
+def _open_flags(fi: FileInfo) -> int:
+    return ((abi.FOPEN_DIRECT_IO if fi.direct_io else 0) | (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0)
+            | (abi.FOPEN_NONSEEKABLE if fi.nonseekable else 0) | (abi.FOPEN_NOFLUSH if fi.noflush else 0))
+
+
+#: parses one request (header tuple, payload) -> (coroutine function, its args, keep the buffer?)
+_Handler = Callable[..., Awaitable[None]]
+_Parser = Callable[[tuple[int, ...], memoryview], tuple[_Handler, tuple[Any, ...], bool]]
 
 
 class Session:
@@ -339,7 +352,8 @@ class Session:
                 _out, err = proc.communicate()
             if not fds:
                 text = err.decode(errors="replace").strip().replace("\n", "; ")
-                raise MountError(f"fusermount3 could not mount {mp}: {text or f'exit code {proc.returncode}'}")
+                why = text or f"exit code {proc.returncode}"
+                raise MountError(f"fusermount3 could not mount {mp}: {why}")
             for extra in fds[1:]:
                 os.close(extra)
             os.set_inheritable(fds[0], False)
@@ -425,12 +439,14 @@ class Session:
 
     def invalidate_entry(self, parent: int, name: bytes) -> None:
         """Drop the kernel's cached lookup of `name` in directory `parent`. Queued, never blocks."""
-        self._notify(abi.NOTIFY_INVAL_ENTRY, [abi.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0), name, b"\0"])
+        head = abi.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0)
+        self._notify(abi.NOTIFY_INVAL_ENTRY, [head, bytes(name), b"\0"])
 
     def delete_entry(self, parent: int, child: int, name: bytes) -> None:
         """Tell the kernel `name` (inode `child`) was removed from `parent` (also drops it from
         inotify watchers' view). Queued, never blocks."""
-        self._notify(abi.NOTIFY_DELETE, [abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0), name, b"\0"])
+        head = abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0)
+        self._notify(abi.NOTIFY_DELETE, [head, bytes(name), b"\0"])
 
     def store(self, inode: int, off: int, data: bytes) -> None:
         """Put `data` into the kernel's page cache of `inode` at `off` (extends the cached size if
@@ -705,9 +721,7 @@ class Session:
         self._write(unique, 0, [abi.ATTR_OUT_HEAD.pack(sec, nsec, 0), pack_attr(attr)])
 
     def _reply_open(self, unique: int, fi: FileInfo) -> None:
-        oflags = ((abi.FOPEN_DIRECT_IO if fi.direct_io else 0) | (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0)
-                  | (abi.FOPEN_NONSEEKABLE if fi.nonseekable else 0) | (abi.FOPEN_NOFLUSH if fi.noflush else 0))
-        self._write(unique, 0, [abi.OPEN_OUT.pack(fi.fh, oflags, 0)])
+        self._write(unique, 0, [abi.OPEN_OUT.pack(fi.fh, _open_flags(fi), 0)])
 
     def _reply_data(self, unique: int, data: bytes | bytearray | memoryview, limit: int) -> None:
         if len(data) > limit:
@@ -715,9 +729,7 @@ class Session:
         self._write(unique, 0, [data])
 
     # ================================================================== per-opcode parse + run
-    def _build_table(
-        self,
-    ) -> dict[int, Callable[[tuple[int, ...], memoryview], tuple[Callable[..., Awaitable[None]], tuple[Any, ...], bool]]]:
+    def _build_table(self) -> dict[int, _Parser]:
         ops = self.ops
         S = self
 
@@ -947,10 +959,8 @@ class Session:
     async def _do_create(self, unique: int, parent: int, name: bytes, mode: int, flags: int,
                          ctx: RequestContext) -> None:
         fi, attr = await self.ops.create(parent, name, mode, flags, ctx)
-        oflags = ((abi.FOPEN_DIRECT_IO if fi.direct_io else 0) | (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0)
-                  | (abi.FOPEN_NONSEEKABLE if fi.nonseekable else 0) | (abi.FOPEN_NOFLUSH if fi.noflush else 0))
         try:
-            self._write(unique, 0, [pack_entry_out(attr), abi.OPEN_OUT.pack(fi.fh, oflags, 0)])
+            self._write(unique, 0, [pack_entry_out(attr), abi.OPEN_OUT.pack(fi.fh, _open_flags(fi), 0)])
         except _ReplyFailed:
             await self.ops.release(fi.fh, flags, 0, False)
             await self.ops.forget([(attr.st_ino, 1)])
@@ -967,7 +977,9 @@ class Session:
         self._write(unique, 0, [abi.STATFS_OUT.pack(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
                                                     s.f_bsize, s.f_namemax, s.f_frsize, 0)])
 
-    async def _do_getxattr(self, unique: int, inode: int, name: bytes, size: int, ctx: RequestContext) -> None:
+    async def _do_getxattr(
+        self, unique: int, inode: int, name: bytes, size: int, ctx: RequestContext
+    ) -> None:
         value = await self.ops.getxattr(inode, name, ctx)
         self._sized_reply(unique, bytes(value), size)
 
