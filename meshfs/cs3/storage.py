@@ -14,7 +14,7 @@ from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
 from cs3.storage.provider.v1beta1 import resources_pb2 as res_pb
 from cs3.storage.provider.v1beta1 import spaces_api_pb2 as spaces_pb
 
-from meshfs.errors import NotSupported, ServerError
+from meshfs.errors import InvalidArgument, NotSupported, ServerError
 
 from ._convert import (
     lock_from_pb,
@@ -205,11 +205,18 @@ class Storage:
         )
         return [recycle_from_pb(it) for it in res.recycle_items]
 
-    async def restore_recycle_item(self, ref: Ref, key: str, *, restore_to: Ref | None = None) -> None:
-        req = pb.RestoreRecycleItemRequest(ref=ref_to_pb(ref), key=key)
-        if restore_to is not None:
-            req.restore_ref.CopyFrom(ref_to_pb(restore_to))
-        await self.gw.call("RestoreRecycleItem", req, op="restore", path=f"{ref} {key}", idempotent=False)
+    async def restore_recycle_item(
+        self, space_root: Ref, item: RecycleItem, *, restore_to: Ref | None = None
+    ) -> None:
+        """Restore a trash entry of the space rooted at `space_root` (an id reference), by default to
+        its original path (Reva needs the target spelled out: without it, INVALID_ARGUMENT)."""
+        if restore_to is None:
+            if space_root.resource_id is None:
+                raise InvalidArgument("restore needs the space root as an id reference", op="restore")
+            restore_to = Ref(space_root.resource_id, "." + item.path)
+        req = pb.RestoreRecycleItemRequest(ref=ref_to_pb(space_root), key=item.key)
+        req.restore_ref.CopyFrom(ref_to_pb(restore_to))
+        await self.gw.call("RestoreRecycleItem", req, op="restore", path=item.path, idempotent=False)
 
 
 __all__ = ["APP_NAME", "Storage", "mtime_value"]

@@ -37,7 +37,7 @@ from meshfs.errors import (
     Timeout,
 )
 
-from ._convert import opaque, ref_to_pb
+from ._convert import opaque, ref_to_pb, rid_from_pb
 from .gateway import Gateway
 from .storage import mtime_value
 from .types import DownloadTicket, Ref, ResourceId, Secret, TusSession, UploadResult
@@ -339,7 +339,10 @@ class Transfer:
                 ref, length, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
             )
             if length == 0:
-                return UploadResult("", None)
+                # InitiateFileUpload with Upload-Length 0 already created/truncated the file (a 0-byte
+                # PUT would answer 400); report its new etag and id
+                info = await self.gw.call("Stat", pb.StatRequest(ref=ref_to_pb(ref)), op="upload", path=path)
+                return UploadResult(info.info.etag, rid_from_pb(info.info.id))
             if "simple" not in protos:
                 raise ServerError(f"no simple upload offered ({', '.join(protos)})", op="upload", path=path)
             url, transfer = protos["simple"]
