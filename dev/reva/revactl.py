@@ -1,6 +1,6 @@
 """revactl: builds revad and runs meshfs's dev Reva stacks on 127.0.0.1 (build|up|down|reset|status|env).
 
-Owns the dev stack's process, config files (written from dev/reva/templates/) and var dir. Standard
+Owns the dev stack's processes, config files (written from dev/reva/templates/) and var dirs. Standard
 library only (it must run from a fresh clone before the venv exists); imports nothing from meshfs.
 Settings come from the environment, documented in dev/reva/NOTES.md and by `revactl --help`.
 """
@@ -45,7 +45,7 @@ DEMO_USERS: tuple[tuple[str, str, str], ...] = (
 )
 
 # Port name -> (default port, env var overriding it). REVA_PORT_OFFSET is added to the defaults.
-PORTS: dict[str, tuple[int, str]] = {
+MAIN_PORTS: dict[str, tuple[int, str]] = {
     "gateway": (19000, "REVA_GATEWAY_PORT"),
     "http": (19001, "REVA_HTTP_PORT"),
     "users": (11000, "REVA_USERS_PORT"),
@@ -53,9 +53,21 @@ PORTS: dict[str, tuple[int, str]] = {
     "shares": (14000, "REVA_SHARES_PORT"),
     "public": (13000, "REVA_PUBLIC_PORT"),
 }
-
+# Extra ports of an OCM instance (profile "ocm"): ocmshares auth provider, ocmreceived storage + data.
+OCM_PORTS: dict[str, tuple[int, str]] = {
+    "ocm_auth": (13500, "REVA_OCM_AUTH_PORT"),
+    "ocm_recv": (15000, "REVA_OCM_RECV_PORT"),
+    "ocm_recv_http": (15001, "REVA_OCM_RECV_HTTP_PORT"),
+}
+# The OCM pair of `revactl --ocm ...`: (instance, domain, port offset added to every default port).
+OCM_PAIR: tuple[tuple[str, str, int], ...] = (
+    ("ocm-cernbox", "cernbox.local", 100),
+    ("ocm-cesnet", "cesnet.local", 200),
+)
+MAIN_IDP = "http://localhost:20080"
 USERS_PROVIDER_ID = "1284d238-aa92-42ce-bdc4-0b0000009157"
 MARKER = ".revactl-stack"  # present in every var dir revactl made; `reset` refuses dirs without it
+INCLUDES = ("OCM_GATEWAY", "OCM_AUTH_RULE", "OCM_REGISTRY", "OCM_GRPC", "OCM_OCDAV", "OCM_HTTP")
 
 
 class RevactlError(Exception):
@@ -64,14 +76,16 @@ class RevactlError(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Stack:
-    """Where one dev Reva instance lives and which ports it takes."""
+    """Where one dev Reva instance lives, which ports it takes and what it serves."""
 
     instance: str
     var_dir: Path
     ports: dict[str, int]
     binary: Path
     log_level: str
-    domain: str
+    domain: str  # OCM provider domain ("localhost" for the main stack, which has no OCM)
+    profile: str  # "main", or "ocm" (main + invites, ocmd, OCM shares, /ocm storage)
+    idp: str  # idp of the demo users' ids
 
     @property
     def conf_dir(self) -> Path:
@@ -123,42 +137,61 @@ def _env_int(name: str, default: int) -> int:
     if not raw:
         return default
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
         raise RevactlError(f"{name}={raw!r} is not an integer") from None
-    return value
 
 
-def stack_from_env(instance: str | None = None, port_offset: int | None = None) -> Stack:
-    """The stack the environment describes (REVA_INSTANCE, REVA_VAR_DIR, REVA_PORT_OFFSET, ...)."""
-    name = instance or os.environ.get("REVA_INSTANCE", "").strip() or "main"
+def stack_from_env() -> Stack:
+    """The main stack the environment describes (REVA_INSTANCE, REVA_VAR_DIR, REVA_PORT_OFFSET, ...)."""
+    name = os.environ.get("REVA_INSTANCE", "").strip() or "main"
+    var_env = os.environ.get("REVA_VAR_DIR", "").strip()
+    var_dir = Path(var_env).resolve() if var_env else CACHE / "reva" / name
+    offset = _env_int("REVA_PORT_OFFSET", 0)
+    ports = {key: _env_int(env, default + offset) for key, (default, env) in MAIN_PORTS.items()}
+    return _make_stack(name, var_dir, ports, "main", "localhost", MAIN_IDP)
+
+
+def ocm_stacks() -> list[Stack]:
+    """The two OCM instances of `--ocm` (var dirs .cache/reva/ocm-*, ports shifted by REVA_PORT_OFFSET)."""
+    base = _env_int("REVA_PORT_OFFSET", 0)
+    out = []
+    for name, domain, offset in OCM_PAIR:
+        table = {**MAIN_PORTS, **OCM_PORTS}
+        ports = {key: default + base + offset for key, (default, _env) in table.items()}
+        out.append(_make_stack(name, CACHE / "reva" / name, ports, "ocm", domain, f"https://{domain}"))
+    return out
+
+
+def _make_stack(
+    name: str, var_dir: Path, ports: dict[str, int], profile: str, domain: str, idp: str
+) -> Stack:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
         raise RevactlError(f"instance name {name!r}: use letters, digits, '.', '_' or '-'")
-    var_env = os.environ.get("REVA_VAR_DIR", "").strip()
-    var_dir = Path(var_env).resolve() if var_env and instance is None else CACHE / "reva" / name
-    offset = _env_int("REVA_PORT_OFFSET", 0) if port_offset is None else port_offset
-    ports: dict[str, int] = {}
-    for key, (default, env) in PORTS.items():
-        port = default + offset if port_offset is not None else _env_int(env, default + offset)
+    for key, port in ports.items():
         if not 1 <= port <= 65535:
-            raise RevactlError(f"port {key}={port} out of range (check {env} / REVA_PORT_OFFSET)")
-        ports[key] = port
+            raise RevactlError(f"port {key}={port} out of range (check REVA_*_PORT / REVA_PORT_OFFSET)")
     if len(set(ports.values())) != len(ports):
         raise RevactlError(f"two services share a port: {ports}")
     bin_env = os.environ.get("REVA_BIN", "").strip()
     binary = Path(bin_env).resolve() if bin_env else DEFAULT_BIN
     level = os.environ.get("REVA_LOG_LEVEL", "").strip() or "info"
-    domain = os.environ.get("REVA_DOMAIN", "").strip() or "cernbox.local"
-    return Stack(name, var_dir, ports, binary, level, domain)
+    return Stack(name, var_dir, ports, binary, level, domain, profile, idp)
 
 
 def recorded_stack(stack: Stack) -> Stack:
     """The stack as it was started (ports recorded in stack.json), else as the environment says."""
     try:
         rec = json.loads(stack.stackfile.read_text())
-        ports = {k: int(rec["ports"][k]) for k in PORTS}
-        return dataclasses.replace(stack, ports=ports, domain=str(rec.get("domain", stack.domain)))
-    except (OSError, ValueError, KeyError, TypeError):
+        ports = {str(k): int(v) for k, v in rec["ports"].items()}
+        return dataclasses.replace(
+            stack,
+            ports=ports,
+            domain=str(rec.get("domain", stack.domain)),
+            profile=str(rec.get("profile", stack.profile)),
+            idp=str(rec.get("idp", stack.idp)),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return stack
 
 
@@ -292,11 +325,7 @@ def _secrets(stack: Stack) -> dict[str, str]:
             return {k: str(v) for k, v in data.items()}
     except (OSError, ValueError):
         pass
-    data = {
-        "jwt": secrets.token_urlsafe(24),
-        "transfer": secrets.token_urlsafe(24),
-        "ocm": secrets.token_urlsafe(24),
-    }
+    data = {"jwt": secrets.token_urlsafe(24), "transfer": secrets.token_urlsafe(24)}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
@@ -313,48 +342,51 @@ def _substitute(text: str, values: dict[str, str], origin: str) -> str:
     return re.sub(r"@@([A-Z0-9_]+)@@", repl, text)
 
 
-def template_values(stack: Stack, profile: str) -> dict[str, str]:
+def template_values(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Placeholder -> value for the templates of `stack` (ports as <NAME>_PORT, dirs, secrets, includes)."""
     sec = _secrets(stack)
     values = {
         "INSTANCE": stack.instance,
         "JWT_SECRET": sec["jwt"],
         "TRANSFER_SECRET": sec["transfer"],
-        "OCM_SECRET": sec.get("ocm", sec["transfer"]),
         "LOG_LEVEL": stack.log_level,
         "CONF_DIR": str(stack.conf_dir),
         "DATA_DIR": str(stack.data_dir),
         "STATE_DIR": str(stack.state_dir),
         "USERS_PROVIDER_ID": USERS_PROVIDER_ID,
         "DOMAIN": stack.domain,
+        "IDP": stack.idp,
     }
     values.update({f"{k.upper()}_PORT": str(v) for k, v in stack.ports.items()})
-    # OCM blocks are filled from templates/<profile>/ocm-*.inc when the profile has them, else empty.
-    for key in ("OCM_GATEWAY", "OCM_AUTH_RULE", "OCM_REGISTRY", "OCM_GRPC", "OCM_OCDAV", "OCM_HTTP"):
-        inc = TEMPLATES / profile / f"{key.lower().replace('_', '-')}.inc"
-        values[key] = inc.read_text() if inc.exists() else ""
-    shared = (TEMPLATES / profile / "shared.inc").read_text()
-    values["SHARED"] = _substitute(shared, values, "shared.inc")
-    # includes may themselves hold placeholders
-    for key in ("OCM_GATEWAY", "OCM_AUTH_RULE", "OCM_REGISTRY", "OCM_GRPC", "OCM_OCDAV", "OCM_HTTP"):
-        values[key] = _substitute(values[key], values, key)
+    values.update(extra or {})
+    # The @@OCM_*@@ blocks of templates/main/10-main.toml come from templates/<profile>/ocm-*.inc when the
+    # profile has them, else they stay empty.
+    for key in INCLUDES:
+        inc = TEMPLATES / stack.profile / f"{key.lower().replace('_', '-')}.inc"
+        values[key] = _substitute(inc.read_text(), values, inc.name) if inc.exists() else ""
+    values["SHARED"] = _substitute((TEMPLATES / "main" / "shared.inc").read_text(), values, "shared.inc")
     return values
 
 
-def write_config(stack: Stack, profile: str = "main", extra: dict[str, str] | None = None) -> None:
-    """Write the instance's *.toml and json files into its conf dir from templates/<profile>/."""
-    src = TEMPLATES / profile
-    if not src.is_dir():
-        raise RevactlError(f"no templates for profile {profile!r} in {TEMPLATES}")
-    values = template_values(stack, profile)
-    values.update(extra or {})
+def write_config(stack: Stack, extra: dict[str, str] | None = None) -> None:
+    """Write the instance's *.toml and *.json into its conf dir from templates/main/ (+ its profile's)."""
+    dirs = [TEMPLATES / "main"] + ([TEMPLATES / stack.profile] if stack.profile != "main" else [])
+    for d in dirs:
+        if not d.is_dir():
+            raise RevactlError(f"no templates for profile {stack.profile!r} in {TEMPLATES}")
+    values = template_values(stack, extra)
     stack.conf_dir.mkdir(parents=True, exist_ok=True)
     for old in stack.conf_dir.iterdir():
         old.unlink()
-    for tpl in sorted(src.iterdir()):
-        if tpl.suffix not in (".toml", ".json"):
-            continue
-        out = _substitute(tpl.read_text(), values, tpl.name)
-        (stack.conf_dir / tpl.name).write_text(out)
+    for d in dirs:
+        for tpl in sorted(d.iterdir()):
+            if tpl.suffix in (".toml", ".json"):
+                (stack.conf_dir / tpl.name).write_text(_substitute(tpl.read_text(), values, tpl.name))
+
+
+def ocm_extra(stacks: list[Stack]) -> dict[str, str]:
+    """Values the OCM providers list needs: every pair member's HTTP port as <DOMAIN LABEL>_HTTP_PORT."""
+    return {f"{s.domain.split('.')[0].upper()}_HTTP_PORT": str(s.ports["http"]) for s in stacks}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,9 +397,8 @@ def _propfind_status(stack: Stack, user: str, password: str, timeout: float = 5.
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["http"], timeout=timeout)
     try:
         auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-        conn.request(
-            "PROPFIND", "/remote.php/webdav/", headers={"Authorization": f"Basic {auth}", "Depth": "0"}
-        )
+        headers = {"Authorization": f"Basic {auth}", "Depth": "0"}
+        conn.request("PROPFIND", "/remote.php/webdav/", headers=headers)
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -376,7 +407,7 @@ def _propfind_status(stack: Stack, user: str, password: str, timeout: float = 5.
 
 
 def wait_ready(stack: Stack, gone: Callable[[], str | None], timeout: float) -> None:
-    """Wait until every demo user can log in and see its home (first login creates it).
+    """Wait until every demo user can log in and see its home (the first login creates it).
 
     `gone()` returns why revad is no longer running, or None while it runs.
     """
@@ -411,18 +442,17 @@ def wait_ready(stack: Stack, gone: Callable[[], str | None], timeout: float) -> 
 
 
 def _describe(stack: Stack, pid: int) -> str:
+    ocm = f", OCM domain {stack.domain} (ocmd {stack.http_base}/ocm/)" if stack.profile == "ocm" else ""
     return (
         f"revad [{stack.instance}] is up (pid {pid}): gateway {stack.gateway}, "
-        f"data gateway {stack.datagateway_url}\n"
+        f"data gateway {stack.datagateway_url}{ocm}\n"
         f"  var dir  {stack.var_dir}\n"
         f"  log      {stack.logfile}\n"
         f"  WebDAV   {stack.webdav_url}  (einstein's files; basic auth einstein/relativity)"
     )
 
 
-def up(
-    stack: Stack, *, profile: str = "main", timeout: float = 90.0, extra: dict[str, str] | None = None
-) -> int:
+def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = None) -> int:
     """Start the stack unless it is running; returns revad's pid."""
     stack.var_dir.mkdir(parents=True, exist_ok=True)
     with _locked(stack.var_dir / ".lock"):
@@ -449,18 +479,20 @@ def up(
         (stack.var_dir / MARKER).touch()
         for d in (stack.data_dir, stack.state_dir, stack.state_dir / "tmp", stack.var_dir / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
-        write_config(stack, profile, extra)
-        stack.stackfile.write_text(
-            json.dumps(
-                {"instance": stack.instance, "profile": profile, "ports": stack.ports, "domain": stack.domain}
-            )
-        )
+        write_config(stack, extra)
+        record = {
+            "instance": stack.instance,
+            "profile": stack.profile,
+            "ports": stack.ports,
+            "domain": stack.domain,
+            "idp": stack.idp,
+        }
+        stack.stackfile.write_text(json.dumps(record))
         env = dict(os.environ)
         env["TMPDIR"] = str(stack.var_dir / "tmp")  # revad drops one pid file per config there
         with open(stack.logfile, "ab") as log:
-            log.write(
-                f"\n==== revactl up {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ====\n".encode()
-            )
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.write(f"\n==== revactl up {stamp} ====\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 [str(stack.binary), "-dev-dir", str(stack.conf_dir)],
@@ -548,56 +580,85 @@ def status(stack: Stack) -> bool:
     return True
 
 
-def env_lines(stack: Stack) -> list[str]:
+def env_values(stack: Stack, prefix: str = "REVA_") -> dict[str, str]:
     s = recorded_stack(stack)
-    values = {
-        "REVA_INSTANCE": s.instance,
-        "REVA_GATEWAY": s.gateway,
-        "REVA_DATAGATEWAY_URL": s.datagateway_url,
-        "REVA_WEBDAV_URL": s.webdav_url,
-        "REVA_HTTP_URL": s.http_base,
-        "REVA_VAR_DIR": str(s.var_dir),
-        "REVA_LOG": str(s.logfile),
-        "REVA_DOMAIN": s.domain,
+    return {
+        f"{prefix}INSTANCE": s.instance,
+        f"{prefix}GATEWAY": s.gateway,
+        f"{prefix}DATAGATEWAY_URL": s.datagateway_url,
+        f"{prefix}WEBDAV_URL": s.webdav_url,
+        f"{prefix}HTTP_URL": s.http_base,
+        f"{prefix}VAR_DIR": str(s.var_dir),
+        f"{prefix}LOG": str(s.logfile),
+        f"{prefix}DOMAIN": s.domain,
+        f"{prefix}IDP": s.idp,
     }
+
+
+def env_lines(stacks: list[Stack], ocm: bool) -> list[str]:
+    values: dict[str, str] = {}
+    for s in stacks:
+        prefix = f"REVA_{s.domain.split('.')[0].upper()}_" if ocm else "REVA_"
+        values.update(env_values(s, prefix))
     return [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+
+
+EPILOG = """\
+environment (main stack):
+  REVA_INSTANCE     instance name (default main)
+  REVA_VAR_DIR      data/state/conf/log dir (default <repo>/.cache/reva/<instance>)
+  REVA_PORT_OFFSET  added to every default port (also shifts the --ocm pair)
+  REVA_GATEWAY_PORT (19000) REVA_HTTP_PORT (19001) REVA_USERS_PORT (11000) REVA_USERS_HTTP_PORT (11001)
+  REVA_SHARES_PORT (14000) REVA_PUBLIC_PORT (13000)
+  REVA_BIN (.cache/bin/revad)  REVA_LOG_LEVEL (info)  REVA_UP_TIMEOUT (90 s)
+--ocm: the two OCM instances ocm-cernbox (domain cernbox.local, ports +100) and ocm-cesnet (cesnet.local,
+ports +200); `env --ocm` prints REVA_CERNBOX_* and REVA_CESNET_*. See dev/reva/NOTES.md.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="revactl",
         description="meshfs's dev Reva on 127.0.0.1.",
-        epilog=(
-            "environment: REVA_INSTANCE (default main), REVA_VAR_DIR (default .cache/reva/<instance>), "
-            "REVA_PORT_OFFSET (added to every default port), REVA_GATEWAY_PORT, REVA_HTTP_PORT, "
-            "REVA_USERS_PORT, REVA_USERS_HTTP_PORT, REVA_SHARES_PORT, REVA_PUBLIC_PORT, REVA_BIN, "
-            "REVA_LOG_LEVEL, REVA_UP_TIMEOUT. "
-            "See dev/reva/NOTES.md."
-        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("build", help="build revad into .cache/bin/revad (skipped when up to date)")
-    sub.add_parser("up", help="start the stack (idempotent) and wait until every demo user can log in")
-    sub.add_parser("down", help="stop the stack")
-    sub.add_parser("reset", help="stop the stack and wipe its data")
-    sub.add_parser("status", help="say whether it runs (exit 0) or not (exit 3)")
-    sub.add_parser("env", help="print shell-sourceable REVA_* variables")
+    helps = {
+        "build": "build revad into .cache/bin/revad (skipped when up to date)",
+        "up": "start (idempotent) and wait until every demo user can log in",
+        "down": "stop",
+        "reset": "stop and wipe the data",
+        "status": "say whether it runs (exit 0) or not (exit 3)",
+        "env": "print shell-sourceable REVA_* variables",
+    }
+    for name, text in helps.items():
+        cmd = sub.add_parser(name, help=text)
+        if name != "build":
+            cmd.add_argument("--ocm", action="store_true", help="the OCM pair (cernbox.local + cesnet.local)")
     args = parser.parse_args(argv)
     try:
-        stack = stack_from_env()
+        ocm = bool(getattr(args, "ocm", False))
+        stacks = ocm_stacks() if ocm else [stack_from_env()]
+        extra = ocm_extra(stacks) if ocm else None
+        timeout = float(_env_int("REVA_UP_TIMEOUT", 90))
         if args.cmd == "build":
-            build(stack.binary)
+            build(stacks[0].binary)
         elif args.cmd == "up":
-            build(stack.binary, quiet=True)
-            up(stack, timeout=float(_env_int("REVA_UP_TIMEOUT", 90)))
+            build(stacks[0].binary, quiet=True)
+            for s in stacks:
+                up(s, timeout=timeout, extra=extra)
         elif args.cmd == "down":
-            down(stack)
+            for s in stacks:
+                down(s)
         elif args.cmd == "reset":
-            reset(stack)
+            for s in stacks:
+                reset(s)
         elif args.cmd == "status":
-            return 0 if status(stack) else 3
+            running = [status(s) for s in stacks]
+            return 0 if all(running) else 3
         elif args.cmd == "env":
-            print("\n".join(env_lines(stack)))
+            print("\n".join(env_lines(stacks, ocm)))
     except RevactlError as exc:
         print(f"revactl: {exc}", file=sys.stderr)
         return 1
