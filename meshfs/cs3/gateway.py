@@ -109,6 +109,7 @@ class Gateway:
         self._token_deadline: float | None = None  # trio clock time to refresh at
         self._auth_lock = trio.Lock()
         self._user: User | None = None
+        self.auth_count = 0  # successful authentications so far (status, tests)
 
     def __repr__(self) -> str:
         who = self._user.username if self._user else "?"
@@ -223,6 +224,7 @@ class Gateway:
                 lifetime = exp - time.time()
                 self._token_deadline = now + max(lifetime - self.refresh_margin, min(lifetime / 2, 5.0))
             self._token = token
+            self.auth_count += 1
             if user is None:
                 res = await self._unary(
                     "WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token
@@ -257,16 +259,25 @@ class Gateway:
         reauthed = False
         while True:
             token = await self.access_token()
-            res = await self._unary(
-                method,
-                request,
-                op=op,
-                path=path,
-                token=token,
-                timeout=timeout,
-                idempotent=idempotent,
-                stream=stream,
-            )
+            try:
+                res = await self._unary(
+                    method,
+                    request,
+                    op=op,
+                    path=path,
+                    token=token,
+                    timeout=timeout,
+                    idempotent=idempotent,
+                    stream=stream,
+                )
+            except Unauthenticated:
+                # Reva's auth interceptor refuses a bad/expired token at the gRPC level
+                if reauthed:
+                    raise
+                reauthed = True
+                log.debug("%s: token refused (gRPC), re-authenticating", op)
+                await self.authenticate(stale=token)
+                continue
             statuses = [r.status for r in res] if stream else [res.status]
             bad = next((s for s in statuses if s.code != _CODE_OK and s.code not in ok_codes), None)
             if bad is None:

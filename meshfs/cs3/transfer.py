@@ -46,7 +46,8 @@ log = logging.getLogger("meshfs.cs3.transfer")
 
 T = TypeVar("T")
 
-CHUNK = 1 << 20  # socket <-> file copy unit
+CHUNK = 1 << 20  # file -> socket copy unit (uploads)
+READ_CHUNK = 256 << 10  # socket -> file copy unit (a cut connection loses at most one partial unit)
 TUS_CHUNK = 64 << 20  # default size of one tus PATCH
 
 
@@ -190,6 +191,8 @@ class Transfer:
                 return done
             except _Transient as t:
                 done += t.progress
+                if t.progress:
+                    attempt = 0  # the retry budget counts failures in a row without progress
                 if attempt >= self.retries:
                     raise t.error from None
                 log.debug("read %s: %s, retry %d", path, t.error, attempt + 1)
@@ -228,7 +231,7 @@ class Transfer:
                         raise _Transient(err)
                     raise err
                 skip = start if resp.status == 200 else 0  # server ignored Range
-                buf = bytearray(CHUNK)
+                buf = bytearray(READ_CHUNK)
                 view = memoryview(buf)
                 while want is None or written < want:
                     if stop.is_set():

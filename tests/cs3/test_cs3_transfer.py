@@ -1,0 +1,245 @@
+"""Data transfers against the real dev Reva: round trips with sha256, ranged reads into a file at an
+offset, preconditions, empty files, tus interrupted and resumed, and a data server cut or killed
+mid-transfer (a local TCP proxy) — bounded retries, then a MeshError, nothing hangs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import trio
+from cs3_helpers import fd_of, open_client, sha256_file  # type: ignore[import-not-found]
+
+from meshfs.cs3 import DownloadTicket, Transfer, TusSession
+from meshfs.errors import AlreadyExists, EtagMismatch, FailedPrecondition, ServerUnavailable
+
+pytestmark = pytest.mark.timeout(300)
+
+MiB = 1 << 20
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+
+
+async def _roundtrip(client, workdir, make_file, tmp_path: Path, size: int) -> None:  # type: ignore[no-untyped-def]
+    src = make_file(size)
+    ref = workdir.child(f"rt-{size}.bin")
+    with fd_of(src) as f:
+        res = await client.transfer.upload(ref, f, size)
+    info = await client.storage.stat(ref)
+    assert info.size == size
+    assert res.etag == info.etag and res.file_id == info.id
+    dst = tmp_path / f"dst-{size}"
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        n = await client.transfer.download(ref, fd)
+    finally:
+        os.close(fd)
+    assert n == size
+    assert sha256_file(dst) == sha256_file(src)
+
+
+@pytest.mark.parametrize("size", [0, 1, 10 * MiB])
+async def test_roundtrip(einstein, workdir, make_file, tmp_path, size) -> None:  # type: ignore[no-untyped-def]
+    await _roundtrip(einstein, workdir, make_file, tmp_path, size)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1200)
+async def test_roundtrip_1gib(einstein, workdir, make_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await _roundtrip(einstein, workdir, make_file, tmp_path, 1024 * MiB)
+
+
+async def test_ranged_read_into_offset(einstein, workdir, make_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    size = 3 * MiB + 17
+    src = make_file(size)
+    data = src.read_bytes()
+    ref = workdir.child("ranged.bin")
+    with fd_of(src) as f:
+        await einstein.transfer.upload(ref, f, size)
+    ticket = await einstein.transfer.initiate_download(ref)
+    dst = tmp_path / "sparse"
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        # same place in the cache file as in the remote file (default fd_offset)
+        n = await einstein.transfer.read_range(ticket, fd, offset=MiB + 5, length=100_000)
+        assert n == 100_000
+        assert os.pread(fd, 100_000, MiB + 5) == data[MiB + 5 : MiB + 5 + 100_000]
+        # elsewhere in the file
+        n = await einstein.transfer.read_range(ticket, fd, offset=7, length=11, fd_offset=0)
+        assert os.pread(fd, 11, 0) == data[7:18] and n == 11
+        # a range crossing EOF is short; a range past EOF is empty
+        n = await einstein.transfer.read_range(ticket, fd, offset=size - 10, length=1000, fd_offset=0)
+        assert n == 10 and os.pread(fd, 10, 0) == data[-10:]
+        assert await einstein.transfer.read_range(ticket, fd, offset=size + 5, length=10) == 0
+    finally:
+        os.close(fd)
+
+
+async def test_overwrite_preconditions_and_mtime(einstein, workdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tr, st = einstein.transfer, einstein.storage
+    ref = workdir.child("pre.txt")
+    src = tmp_path / "pre"
+    src.write_bytes(b"version one")
+    with fd_of(src) as f:
+        first = await tr.upload(ref, f, 11, if_not_exist=True)
+        with pytest.raises(AlreadyExists):
+            await tr.upload(ref, f, 11, if_not_exist=True)
+        # an etag that is not the current one → EtagMismatch (Reva: CODE_ABORTED "etag mismatch")
+        with pytest.raises(EtagMismatch) as exc:
+            await tr.upload(ref, f, 11, if_match='"not-the-etag"')
+        assert isinstance(exc.value, FailedPrecondition)
+        assert (await st.stat(ref)).etag == first.etag  # nothing changed
+        mtime_ns = 1_500_000_000_250_000_000
+        second = await tr.upload(ref, f, 7, if_match=first.etag, mtime_ns=mtime_ns)
+    info = await st.stat(ref)
+    assert info.etag == second.etag != first.etag
+    assert info.size == 7 and info.mtime_ns == mtime_ns
+
+
+async def test_empty_upload_truncates_existing(einstein, workdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ref = workdir.child("trunc.txt")
+    src = tmp_path / "t"
+    src.write_bytes(b"abcdef")
+    with fd_of(src) as f:
+        await einstein.transfer.upload(ref, f, 6)
+        res = await einstein.transfer.upload(ref, f, 0)
+    info = await einstein.storage.stat(ref)
+    assert info.size == 0 and res.etag == info.etag
+
+
+async def test_upload_onto_directory(einstein, workdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "x"
+    src.write_bytes(b"x")
+    with fd_of(src) as f, pytest.raises(FailedPrecondition):
+        await einstein.transfer.upload(workdir, f, 1)
+
+
+async def test_tus_interrupted_and_resumed_by_a_new_process(  # type: ignore[no-untyped-def]
+    reva, einstein, workdir, make_file
+) -> None:
+    size = 9 * MiB + 3
+    src = make_file(size)
+    ref = workdir.child("tus.bin")
+    with fd_of(src) as f:
+        session = await einstein.transfer.start_tus(ref, size)
+        partial = await einstein.transfer.tus_upload(session, f, chunk_size=2 * MiB, max_bytes=4 * MiB)
+    assert isinstance(partial, TusSession) and 0 < partial.offset < size
+    journal = partial.to_json()
+    assert "x-access-token" not in journal
+    # the file is not visible before the upload completes
+    assert await einstein.transfer.tus_offset(partial) == partial.offset
+
+    # "after a crash": a new session (new token) resumes from the journal record
+    other = await open_client(reva, "einstein")
+    try:
+        resumed = TusSession.from_json(journal)
+        with fd_of(src) as f:
+            result = await other.transfer.tus_upload(resumed, f, chunk_size=2 * MiB)
+        info = await other.storage.stat(ref)
+    finally:
+        other.transfer.close()
+        await other.gw.aclose()
+    assert not isinstance(result, TusSession)
+    assert info.size == size and result.etag == info.etag
+
+
+async def test_tus_survives_cut_connections(einstein, workdir, make_file, proxy_factory, reva) -> None:  # type: ignore[no-untyped-def]
+    size = 6 * MiB
+    src = make_file(size)
+    ref = workdir.child("tus-cut.bin")
+    session = await einstein.transfer.start_tus(ref, size)
+    # the proxy cuts every connection after 16 KiB of *responses* (so each PATCH's answer is lost
+    # at most once per connection); send small chunks through it
+    proxy = await proxy_factory(urlsplit(session.url).port, cut_after=0)
+    tr = Transfer(einstein.gw, backoff=0.01, backoff_max=0.05, retries=3)
+    try:
+        cut = TusSession(_via(session.url, proxy.port), session.token, session.length, 0, session.ref)
+        with fd_of(src) as f, pytest.raises(ServerUnavailable):
+            await tr.tus_upload(cut, f, chunk_size=MiB, resume=False)
+        assert proxy.cuts >= 1
+        # the server kept what arrived before the cuts; resume directly and finish
+        with fd_of(src) as f:
+            result = await einstein.transfer.tus_upload(session, f, chunk_size=2 * MiB)
+    finally:
+        tr.close()
+    info = await einstein.storage.stat(ref)
+    assert info.size == size and not isinstance(result, TusSession)
+    dst = Path(str(src) + ".back")
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await einstein.transfer.download(ref, fd)
+    finally:
+        os.close(fd)
+    assert sha256_file(dst) == sha256_file(src)
+
+
+async def test_download_resumes_after_cuts(einstein, workdir, make_file, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    size = 4 * MiB + 1
+    src = make_file(size)
+    ref = workdir.child("cut.bin")
+    with fd_of(src) as f:
+        await einstein.transfer.upload(ref, f, size)
+    ticket = await einstein.transfer.initiate_download(ref)
+    proxy = await proxy_factory(urlsplit(ticket.url).port, cut_after=MiB + 64 * 1024)
+    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    tr = Transfer(einstein.gw, backoff=0.01, backoff_max=0.05, retries=2)
+    dst = tmp_path / "cut"
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with trio.fail_after(60):
+            n = await tr.read_range(via, fd)
+    finally:
+        os.close(fd)
+        tr.close()
+    assert proxy.cuts >= 3, "the proxy should have cut the download several times"
+    assert n == size and sha256_file(dst) == sha256_file(src)
+
+
+async def test_download_server_killed(einstein, workdir, make_file, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    size = 3 * MiB
+    src = make_file(size)
+    ref = workdir.child("killed.bin")
+    with fd_of(src) as f:
+        await einstein.transfer.upload(ref, f, size)
+    ticket = await einstein.transfer.initiate_download(ref)
+    proxy = await proxy_factory(urlsplit(ticket.url).port, cut_after=MiB, die_on_cut=True)
+    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    tr = Transfer(einstein.gw, backoff=0.01, backoff_max=0.05, retries=3)
+    fd = os.open(tmp_path / "k", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with trio.fail_after(60), pytest.raises(ServerUnavailable) as exc:
+            await tr.read_range(via, fd, path="killed.bin")
+    finally:
+        os.close(fd)
+        tr.close()
+    msg = str(exc.value)
+    assert "\n" not in msg and "killed.bin" in msg
+    assert ticket.token.reveal() not in msg and einstein.gw._token.reveal() not in msg
+
+
+async def test_upload_to_unreachable_data_server(einstein, workdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    session = await einstein.transfer.start_tus(workdir.child("never.bin"), 10)
+    with trio.socket.socket() as s:  # a port with nothing listening
+        await s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = TusSession(_via(session.url, port), session.token, 10, 0, session.ref)
+    src = tmp_path / "n"
+    src.write_bytes(b"0123456789")
+    tr = Transfer(einstein.gw, backoff=0.01, backoff_max=0.05, retries=2)
+    try:
+        with fd_of(src) as f, trio.fail_after(30), pytest.raises(ServerUnavailable):
+            await tr.tus_upload(dead, f)
+    finally:
+        tr.close()
+
+
+def test_hash_helper(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "h"
+    p.write_bytes(b"abc")
+    assert sha256_file(p) == hashlib.sha256(b"abc").hexdigest()
