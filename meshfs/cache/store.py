@@ -933,12 +933,12 @@ class CacheStore:
                 best = e
         return best
 
-    @staticmethod
-    def _droppable(e: _Entry) -> RangeSet:
+    def _droppable(self, e: _Entry) -> RangeSet:
         if not e.pins:
             return e.present
-        lo = max(0, e.last_off - _PUNCH_GUARD)
-        return e.present.subtract(lo, 2 * _PUNCH_GUARD)
+        guard = min(_PUNCH_GUARD, self.limit // 8)
+        lo = max(0, e.last_off - guard)
+        return e.present.subtract(lo, e.last_off + guard - lo)
 
     def _evict(self, e: _Entry, need: int) -> bool:
         """Drop clean data of `e`: the whole entry if no handle has it open, else ranges far from
@@ -1333,35 +1333,47 @@ class CacheFile:
         return n
 
     def truncate(self, size: int) -> None:
-        """Set the file size (zeros when growing). The file must be dirty."""
+        """Set the file size (zeros when growing). The file must be dirty.
+
+        A partly cached dirty file journals the new size and ranges *before* truncating the data
+        (its record is authoritative after a crash and the data file is cut to the recorded size);
+        a fully cached one needs no record (its st_size is authoritative)."""
         e = self._entry
         store = self._store
         with e.mutex:
-            if e.pending is None:
+            pending = e.pending
+            if pending is None:
                 raise WriteToCleanFile(f"cache: truncate of {e.key}, which is not marked dirty")
             fd = self.fd
-            old_size = e.size
+            old_size, old_present = e.size, e.present
             was_partial = e.partial
+
+            def apply(new_size: int, present: RangeSet) -> None:
+                with store._lock:
+                    if new_size < e.size:
+                        e.epoch += 1
+                    store._used += present.total - e.present.total
+                    e.present, e.size = present, new_size
+
+            if size < old_size:
+                new_present = old_present.clip(size)
+            else:
+                new_present = old_present.add(old_size, size - old_size)
+            apply(size, new_present)
             try:
+                if was_partial:
+                    store._write_meta(e, durable=True)
                 os.ftruncate(fd, size)
             except OSError as exc:
-                raise _wrap_os_error(exc, f"truncating {e.pending.path}") from exc
+                apply(old_size, old_present)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, old_size)
+                    if was_partial:
+                        store._write_meta(e, durable=True)
+                raise _wrap_os_error(exc, f"truncating {pending.path}") from exc
             with store._lock:
-                before = e.present.total
-                if size < old_size:
-                    e.epoch += 1
-                    e.present = e.present.clip(size)
-                else:
-                    e.present = e.present.add(old_size, size - old_size)
-                e.size = size
-                store._used += e.present.total - before
                 e.generation += 1
                 e.unsynced = True
-            if was_partial:
-                try:
-                    store._write_meta(e, durable=True)
-                except OSError as exc:
-                    raise _wrap_os_error(exc, f"journaling a truncate of {e.pending.path}") from exc
         if size < old_size:
             store._notify_space()
 
