@@ -51,6 +51,7 @@ class RevaStack:
     var_dir: Path
     log: Path
     users: tuple[DemoUser, ...]
+    domain: str = "localhost"  # OCM provider domain of this instance
 
     def user(self, username: str) -> DemoUser:
         for u in self.users:
@@ -91,6 +92,14 @@ def _revactl_ok(*args: str, timeout: float) -> str:
     return proc.stdout
 
 
+@dataclass(frozen=True, slots=True)
+class RevaOcmPair:
+    """Two dev Reva instances federated through OCM (`revactl up --ocm`): cernbox.local and cesnet.local."""
+
+    cernbox: RevaStack
+    cesnet: RevaStack
+
+
 def _parse_env(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -111,21 +120,38 @@ def reva() -> Iterator[RevaStack]:
     _revactl_ok("build", timeout=BUILD_TIMEOUT_S)
     started = _revactl("status", timeout=30).returncode != 0
     _revactl_ok("up", timeout=UP_TIMEOUT_S)
-    env = _parse_env(_revactl_ok("env", timeout=30))
-    stack = RevaStack(
-        gateway=env["REVA_GATEWAY"],
-        datagateway_url=env["REVA_DATAGATEWAY_URL"],
-        webdav_url=env["REVA_WEBDAV_URL"],
-        http_url=env["REVA_HTTP_URL"],
-        var_dir=Path(env["REVA_VAR_DIR"]),
-        log=Path(env["REVA_LOG"]),
-        users=DEMO_USERS,
-    )
     try:
-        yield stack
+        yield _stack_from_env(_parse_env(_revactl_ok("env", timeout=30)), "REVA_")
     finally:
         if started:
             _revactl("down", timeout=60)
+
+
+@pytest.fixture(scope="session")
+def reva_ocm() -> Iterator[RevaOcmPair]:
+    """The OCM pair of dev Revas (`revactl up --ocm`); stopped at the end only if this session started it."""
+    _revactl_ok("build", timeout=BUILD_TIMEOUT_S)
+    started = _revactl("status", "--ocm", timeout=30).returncode != 0
+    _revactl_ok("up", "--ocm", timeout=2 * UP_TIMEOUT_S)
+    try:
+        env = _parse_env(_revactl_ok("env", "--ocm", timeout=30))
+        yield RevaOcmPair(_stack_from_env(env, "REVA_CERNBOX_"), _stack_from_env(env, "REVA_CESNET_"))
+    finally:
+        if started:
+            _revactl("down", "--ocm", timeout=60)
+
+
+def _stack_from_env(env: dict[str, str], prefix: str) -> RevaStack:
+    return RevaStack(
+        gateway=env[f"{prefix}GATEWAY"],
+        datagateway_url=env[f"{prefix}DATAGATEWAY_URL"],
+        webdav_url=env[f"{prefix}WEBDAV_URL"],
+        http_url=env[f"{prefix}HTTP_URL"],
+        var_dir=Path(env[f"{prefix}VAR_DIR"]),
+        log=Path(env[f"{prefix}LOG"]),
+        users=DEMO_USERS,
+        domain=env[f"{prefix}DOMAIN"],
+    )
 
 
 def write_password_file(directory: Path, password: str, name: str = "password") -> Path:
@@ -189,7 +215,8 @@ def _require_fuse() -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests using the `reva` fixture get the `reva` mark (so `-m "not reva"` deselects them)."""
     for item in items:
-        if "reva" in getattr(item, "fixturenames", ()) and item.get_closest_marker("reva") is None:
+        names = getattr(item, "fixturenames", ())
+        if ("reva" in names or "reva_ocm" in names) and item.get_closest_marker("reva") is None:
             item.add_marker(pytest.mark.reva)
 
 

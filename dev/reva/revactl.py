@@ -359,11 +359,12 @@ def template_values(stack: Stack, extra: dict[str, str] | None = None) -> dict[s
     }
     values.update({f"{k.upper()}_PORT": str(v) for k, v in stack.ports.items()})
     values.update(extra or {})
-    # The @@OCM_*@@ blocks of templates/main/10-main.toml come from templates/<profile>/ocm-*.inc when the
-    # profile has them, else they stay empty.
+    # The @@OCM_*@@ blocks of templates/main/10-main.toml come from ocm-*.inc in templates/<profile>/, else
+    # in templates/main/, else they stay empty. (Files of the profile's dir override main's of the same name.)
     for key in INCLUDES:
-        inc = TEMPLATES / stack.profile / f"{key.lower().replace('_', '-')}.inc"
-        values[key] = _substitute(inc.read_text(), values, inc.name) if inc.exists() else ""
+        name = f"{key.lower().replace('_', '-')}.inc"
+        found = [d / name for d in (TEMPLATES / stack.profile, TEMPLATES / "main") if (d / name).exists()]
+        values[key] = _substitute(found[0].read_text(), values, name) if found else ""
     values["SHARED"] = _substitute((TEMPLATES / "main" / "shared.inc").read_text(), values, "shared.inc")
     return values
 

@@ -22,6 +22,7 @@ from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
 from cs3.rpc.v1beta1 import code_pb2
 from cs3.sharing.collaboration.v1beta1 import collaboration_api_pb2 as col
 from cs3.sharing.collaboration.v1beta1 import resources_pb2 as colr
+from cs3.sharing.ocm.v1beta1 import ocm_api_pb2 as ocm
 from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
 from cs3.storage.provider.v1beta1 import resources_pb2 as spr
 from cs3.storage.provider.v1beta1 import spaces_api_pb2 as spaces
@@ -324,3 +325,15 @@ def test_memory_share_driver_leaves_the_shares_jail_empty(reva: RevaStack, chann
     assert mount not in [i.path for i in listing.infos]
     under = stat(einstein, spr.Reference(path=f"{einstein.home()}/Shares/{mount}"))
     assert under.status.code == code_pb2.CODE_NOT_FOUND, under.status
+
+
+def test_single_stack_answers_ocm_lists_empty(reva: RevaStack, channel: grpc.Channel) -> None:
+    """The main stack runs the OCM share provider (domain localhost, no peers): OCM lists answer OK, empty."""
+    s = login(channel, reva.richard)
+    received = s.stub.ListReceivedOCMShares(
+        ocm.ListReceivedOCMSharesRequest(), metadata=s.md, timeout=DEADLINE_S
+    )
+    assert received.status.code == code_pb2.CODE_OK, received.status
+    assert list(received.shares) == []
+    sent = s.stub.ListOCMShares(ocm.ListOCMSharesRequest(), metadata=s.md, timeout=DEADLINE_S)
+    assert sent.status.code == code_pb2.CODE_OK, sent.status
