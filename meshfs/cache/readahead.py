@@ -8,8 +8,9 @@ Policy (one `Readahead` per open handle):
     the fetch covers just the `block`-aligned blocks the read touches (64 KiB by default), so a 64 KiB
     read of a 4 GiB file fetches 64-128 KiB, and the header/footer reads of ROOT, HDF5, NetCDF and
     GeoTIFF files stay small.
-  * A read starting where the previous one ended (within `tolerance`, for requests the kernel issues
-    slightly out of order) is *sequential*: the window starts at `min_window` (128 KiB) and doubles on
+  * A read starting where the previous one ended (or up to `tolerance` after it; or up to `tolerance`
+    before it inside a sequential run, for requests the kernel issued in parallel arriving out of
+    order) is *sequential*: the window starts at `min_window` (128 KiB) and doubles on
     every sequential read up to `max_window` (8 MiB by default, `readahead_max` in the config); the
     fetch is the read itself plus the window after it, aligned to `block`.
   * Files of at most `whole_file_below` bytes are fetched whole on the first miss (one request is
@@ -83,7 +84,12 @@ class Readahead:
         """Record a read of [off, off+size) and say what to fetch for it."""
         p = self._policy
         end = min(off + max(size, 0), file_size)
-        sequential = self._next is not None and off > 0 and abs(off - self._next) <= p.tolerance
+        sequential = False
+        if self._next is not None and off > 0:
+            gap = off - self._next
+            # forward: a continuation or a small skip; backward: only inside a sequential run
+            # (requests the kernel issued in parallel arriving out of order)
+            sequential = 0 <= gap <= p.tolerance or (self._window > 0 and -p.tolerance <= gap < 0)
         self._next = off + max(size, 0)
         if off >= file_size or end <= off:
             return FetchPlan(off, 0, off, 0, sequential)
