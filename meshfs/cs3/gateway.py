@@ -27,6 +27,7 @@ from meshfs.errors import (
     CS3_CODE_ERRORS,
     GRPC_STATUS_ERRORS,
     MeshError,
+    PermissionDenied,
     ServerError,
     ServerUnavailable,
     Timeout,
@@ -42,7 +43,10 @@ T = TypeVar("T")
 
 _CODE_OK = code_pb2.CODE_OK
 _CODE_UNAUTHENTICATED = code_pb2.CODE_UNAUTHENTICATED
-_TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# CS3 codes an invalid/expired token can hide behind (see Gateway._token_refused)
+_SUSPECT_CODES = frozenset(
+    {code_pb2.CODE_UNAUTHENTICATED, code_pb2.CODE_NOT_FOUND, code_pb2.CODE_PERMISSION_DENIED}
+)
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -73,6 +77,8 @@ class Gateway:
     call_timeout: per-call deadline in seconds. retries: extra attempts on transport errors
     (UNAVAILABLE, DEADLINE_EXCEEDED), with exponential backoff from `backoff` to `backoff_max`.
     refresh_margin: re-authenticate this many seconds before the token's `exp`.
+    verify_interval: a NOT_FOUND/PERMISSION_DENIED when no call succeeded for this long first checks
+    the token (WhoAmI), since Reva answers an invalid token that way.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class Gateway:
         backoff: float = 0.2,
         backoff_max: float = 5.0,
         refresh_margin: float = 60.0,
+        verify_interval: float = 30.0,
     ) -> None:
         if rpc_threads < 1:
             raise ValueError(f"rpc_threads must be ≥ 1, got {rpc_threads}")
@@ -103,6 +110,9 @@ class Gateway:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.refresh_margin = refresh_margin
+        self.verify_interval = verify_interval
+        self._verified_at: float | None = None  # trio time of the last call the token was accepted
+        self._token_refresh_wall: float | None = None  # same moment as _token_deadline, wall clock
         self._channel: grpc.Channel | None = None
         self._stub: Any = None
         self._token: Secret | None = None
@@ -172,8 +182,11 @@ class Gateway:
 
     async def access_token(self) -> Secret:
         """A token valid for at least `refresh_margin` seconds (re-authenticates when needed)."""
-        if self._token is None or (
-            self._token_deadline is not None and trio.current_time() >= self._token_deadline
+        if (
+            self._token is None
+            or (self._token_deadline is not None and trio.current_time() >= self._token_deadline)
+            # the monotonic clock stops during suspend; the token's exp is wall-clock time
+            or (self._token_refresh_wall is not None and time.time() >= self._token_refresh_wall)
         ):
             await self.authenticate(stale=self._token)
         assert self._token is not None
@@ -224,6 +237,10 @@ class Gateway:
                 lifetime = exp - time.time()
                 self._token_deadline = now + max(lifetime - self.refresh_margin, min(lifetime / 2, 5.0))
             self._token = token
+            self._token_refresh_wall = (
+                None if self._token_deadline is None else time.time() + (self._token_deadline - now)
+            )
+            self._verified_at = now if user is not None else None
             self.auth_count += 1
             if user is None:
                 res = await self._unary(
@@ -270,24 +287,46 @@ class Gateway:
                     idempotent=idempotent,
                     stream=stream,
                 )
-            except Unauthenticated:
-                # Reva's auth interceptor refuses a bad/expired token at the gRPC level
-                if reauthed:
+            except (PermissionDenied, ServerError) as e:
+                # gRPC-level refusals: Unauthenticated, PERMISSION_DENIED "core access token is invalid",
+                # UNKNOWN "user not found in context"
+                if reauthed or not await self._token_refused(token, e.code or ""):
                     raise
                 reauthed = True
-                log.debug("%s: token refused (gRPC), re-authenticating", op)
                 await self.authenticate(stale=token)
                 continue
             statuses = [r.status for r in res] if stream else [res.status]
             bad = next((s for s in statuses if s.code != _CODE_OK and s.code not in ok_codes), None)
             if bad is None:
+                self._verified_at = trio.current_time()
                 return res
-            if bad.code == _CODE_UNAUTHENTICATED and not reauthed:
+            if (
+                not reauthed
+                and bad.code in _SUSPECT_CODES
+                and await self._token_refused(token, code_pb2.Code.Name(bad.code))
+            ):
                 reauthed = True
-                log.debug("%s: token refused, re-authenticating", op)
                 await self.authenticate(stale=token)
                 continue
             raise self._cs3_error(bad, op=op, path=path)
+
+    async def _token_refused(self, token: Secret, code: str) -> bool:
+        """Is `token` no longer accepted? Reva's gateway lets every call through and an invalid or
+        expired token then surfaces as NOT_FOUND / PERMISSION_DENIED / UNKNOWN, indistinguishable
+        from the real thing; so when no call has succeeded for `verify_interval` seconds, ask WhoAmI."""
+        if code in ("CODE_UNAUTHENTICATED", "UNAUTHENTICATED"):
+            return True
+        if token != self._token:
+            return True  # another task already replaced it
+        now = trio.current_time()
+        if self._verified_at is not None and now - self._verified_at < self.verify_interval:
+            return False
+        res = await self._unary("WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token)
+        if res.status.code == _CODE_OK:
+            self._verified_at = now
+            return False
+        log.debug("token refused (%s), re-authenticating", code_pb2.Code.Name(res.status.code))
+        return True
 
     def _cs3_error(self, status: Any, *, op: str, path: str | None) -> MeshError:
         try:
