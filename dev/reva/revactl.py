@@ -54,10 +54,12 @@ MAIN_PORTS: dict[str, tuple[int, str]] = {
     "public": (13000, "REVA_PUBLIC_PORT"),
 }
 # Extra ports of an OCM instance (profile "ocm"): ocmshares auth provider, ocmreceived storage + data.
+# All default ports differ by 1 or by >= 999, so stacks whose offsets are distinct multiples of 10 below
+# 1000 never collide (the rule REVA_PORT_OFFSET enforces).
 OCM_PORTS: dict[str, tuple[int, str]] = {
-    "ocm_auth": (13500, "REVA_OCM_AUTH_PORT"),
-    "ocm_recv": (15000, "REVA_OCM_RECV_PORT"),
-    "ocm_recv_http": (15001, "REVA_OCM_RECV_HTTP_PORT"),
+    "ocm_auth": (16000, "REVA_OCM_AUTH_PORT"),
+    "ocm_recv": (17000, "REVA_OCM_RECV_PORT"),
+    "ocm_recv_http": (18000, "REVA_OCM_RECV_HTTP_PORT"),
 }
 # The OCM pair of `revactl --ocm ...`: (instance, domain, port offset added to every default port).
 OCM_PAIR: tuple[tuple[str, str, int], ...] = (
@@ -132,6 +134,16 @@ class Stack:
 # settings
 
 
+def _port_offset() -> int:
+    offset = _env_int("REVA_PORT_OFFSET", 0)
+    if offset % 10 or not 0 <= offset <= 700:
+        raise RevactlError(
+            f"REVA_PORT_OFFSET={offset}: use a multiple of 10 from 0 to 700 (the --ocm pair adds 100 "
+            "and 200), so that no two stacks share a port"
+        )
+    return offset
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -147,14 +159,14 @@ def stack_from_env() -> Stack:
     name = os.environ.get("REVA_INSTANCE", "").strip() or "main"
     var_env = os.environ.get("REVA_VAR_DIR", "").strip()
     var_dir = Path(var_env).resolve() if var_env else CACHE / "reva" / name
-    offset = _env_int("REVA_PORT_OFFSET", 0)
+    offset = _port_offset()
     ports = {key: _env_int(env, default + offset) for key, (default, env) in MAIN_PORTS.items()}
     return _make_stack(name, var_dir, ports, "main", "localhost", MAIN_IDP)
 
 
 def ocm_stacks() -> list[Stack]:
     """The two OCM instances of `--ocm` (var dirs .cache/reva/ocm-*, ports shifted by REVA_PORT_OFFSET)."""
-    base = _env_int("REVA_PORT_OFFSET", 0)
+    base = _port_offset()
     out = []
     for name, domain, offset in OCM_PAIR:
         table = {**MAIN_PORTS, **OCM_PORTS}
