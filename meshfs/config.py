@@ -92,6 +92,7 @@ class Config:
     upload_workers: int
     upload_chunk_size: int
     backpressure_timeout: float
+    drain_timeout: float
     call_timeout: float
     transfer_timeout: float
     unavailable_timeout: float
@@ -393,6 +394,14 @@ OPTIONS: tuple[Option, ...] = (
         120.0,
         "How long a writer waits for cache space held by pending uploads before getting ENOSPC.",
         _duration_in(0.0, 86400.0),
+    ),
+    _o(
+        "drain_timeout",
+        "duration",
+        900.0,
+        "At unmount/stop, how long to wait for pending uploads; what is left stays in the cache journal "
+        "and resumes at the next mount (keep systemd's TimeoutStopSec longer).",
+        _duration_in(0.0, 7 * 86400.0),
     ),
     _o(
         "call_timeout",
