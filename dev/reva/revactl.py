@@ -226,7 +226,16 @@ def _build_inputs() -> list[Path]:
 
 
 def build(binary: Path = DEFAULT_BIN, *, quiet: bool = False) -> Path:
-    """Build revad into `binary` unless it is newer than the wrapper module's files."""
+    """Build revad into .cache/bin/revad unless it is newer than the wrapper module's files.
+
+    A REVA_BIN binary (anything but the default path) is never built or overwritten: it must exist.
+    """
+    if binary != DEFAULT_BIN:
+        if not binary.is_file():
+            raise RevactlError(f"REVA_BIN={binary} does not exist (revactl only builds {DEFAULT_BIN})")
+        if not quiet:
+            print(f"revactl: REVA_BIN is set, not building; using {binary}")
+        return binary
     inputs = _build_inputs()
     newest = max(p.stat().st_mtime for p in inputs)
     if binary.exists() and binary.stat().st_mtime > newest:
@@ -303,8 +312,9 @@ def _is_our_revad(pid: int, stack: Stack) -> bool:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # zombie: exited, not yet reaped
         return False
+    # exactly how up() starts it: <binary> -dev-dir <this stack's conf dir> (the binary may be REVA_BIN)
     args = raw.split(b"\0")
-    return bool(args) and args[0].endswith(b"revad") and str(stack.conf_dir).encode() in args
+    return args[1:3] == [b"-dev-dir", str(stack.conf_dir).encode()]
 
 
 def _port_in_use(port: int) -> bool:
@@ -678,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("revactl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `revactl status | head -1`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 0
     return 0
 
 
