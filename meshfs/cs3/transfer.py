@@ -261,7 +261,7 @@ class Transfer:
             except Urllib3Error as e:
                 raise _Transient(_transport_error(e, op="read", path=path), written) from None
             finally:
-                resp.release_conn() if resp.status in (200, 206) and not stop.is_set() else resp.drain_conn()
+                _done_with(resp)
         finally:
             os.close(own)
 
@@ -541,6 +541,14 @@ class Transfer:
             return new, _upload_result(resp.headers)
         finally:
             os.close(own)
+
+
+def _done_with(resp: Any) -> None:
+    """Give the connection back to the pool only when its response was read to the end; otherwise
+    (cancelled, cut, stopped early) close it: draining could mean reading gigabytes."""
+    if resp.length_remaining != 0:
+        resp.close()
+    resp.release_conn()
 
 
 def _upload_result(headers: Any) -> UploadResult:

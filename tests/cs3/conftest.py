@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -76,14 +77,12 @@ def make_file(tmp_path: Path) -> Callable[[int], Path]:
 
 @pytest.fixture
 async def proxy_factory(reva) -> AsyncIterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
-    """start(target_port, cut_after=None, die_on_cut=False) -> a running CuttingProxy (stopped at the end)."""
+    """start(target_port, **CuttingProxy options) -> a running CuttingProxy (stopped at the end)."""
     async with trio.open_nursery() as nursery:
         proxies: list[CuttingProxy] = []
 
-        async def start(
-            target_port: int, cut_after: int | None = None, die_on_cut: bool = False
-        ) -> CuttingProxy:
-            p = CuttingProxy(target_port, cut_after, die_on_cut)
+        async def start(target_port: int, **options: Any) -> CuttingProxy:
+            p = CuttingProxy(target_port, **options)
             await nursery.start(p.serve)
             proxies.append(p)
             return p

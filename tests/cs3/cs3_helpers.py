@@ -52,6 +52,8 @@ class CuttingProxy:
     target_port: int
     cut_after: int | None = None
     die_on_cut: bool = False
+    blackhole: bool = False  # accept and swallow everything, never answer (a hung server)
+    delay: float = 0.0  # pause before relaying each server->client piece (a slow server)
     port: int = 0
     connections: int = 0
     cuts: int = 0
@@ -69,6 +71,14 @@ class CuttingProxy:
     async def _handle(self, client: trio.SocketStream) -> None:
         self.connections += 1
         limit = self.cut_after
+        if self.blackhole:
+            async with client:
+                try:
+                    while await client.receive_some(1 << 16):
+                        pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            return
         try:
             server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
         except OSError:
@@ -88,6 +98,8 @@ class CuttingProxy:
                 sent = 0
                 try:
                     while data := await server.receive_some(1 << 16):
+                        if self.delay:
+                            await trio.sleep(self.delay)
                         if limit is not None and sent + len(data) > limit:
                             await client.send_all(data[: limit - sent])
                             self.cuts += 1

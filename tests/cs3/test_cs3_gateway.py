@@ -131,3 +131,23 @@ async def test_gateway_killed_mid_session(reva, proxy_factory) -> None:  # type:
         assert "\n" not in str(exc.value) and str(exc.value).startswith("stat /users/")
     finally:
         await gw.aclose()
+
+
+async def test_hung_gateway_times_out(reva, proxy_factory) -> None:  # type: ignore[no-untyped-def]
+    port = int(reva.gateway.rpartition(":")[2])
+    proxy: CuttingProxy = await proxy_factory(port, blackhole=True)  # type: ignore[assignment]
+    gw = Gateway(
+        f"127.0.0.1:{proxy.port}",
+        BasicCredentials("einstein", Secret("relativity")),
+        retries=2,
+        backoff=0.01,
+        backoff_max=0.05,
+        call_timeout=0.5,
+    )
+    try:
+        with trio.fail_after(30), pytest.raises(ServerUnavailable) as exc:  # Timeout is a subclass
+            await gw.open()
+    finally:
+        await gw.aclose()
+    # gRPC reports a never-finished handshake as UNAVAILABLE, a silent server as DEADLINE_EXCEEDED
+    assert "after 3 attempts" in str(exc.value)

@@ -14,7 +14,7 @@ import trio
 from cs3_helpers import fd_of, open_client, sha256_file  # type: ignore[import-not-found]
 
 from meshfs.cs3 import DownloadTicket, Transfer, TusSession
-from meshfs.errors import AlreadyExists, EtagMismatch, FailedPrecondition, ServerUnavailable
+from meshfs.errors import AlreadyExists, EtagMismatch, FailedPrecondition, ServerUnavailable, Timeout
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -243,3 +243,47 @@ def test_hash_helper(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "h"
     p.write_bytes(b"abc")
     assert sha256_file(p) == hashlib.sha256(b"abc").hexdigest()
+
+
+async def test_hung_data_server_times_out(einstein, workdir, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ref = workdir.child("hung.txt")
+    await einstein.storage.touch_file(ref)
+    ticket = await einstein.transfer.initiate_download(ref)
+    proxy = await proxy_factory(urlsplit(ticket.url).port, blackhole=True)
+    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    tr = Transfer(einstein.gw, read_timeout=0.5, retries=1, backoff=0.01)
+    try:
+        with fd_of(tmp_path / "h", write=True) as fd, trio.fail_after(30), pytest.raises(Timeout):
+            await tr.read_range(via, fd)
+    finally:
+        tr.close()
+    assert proxy.connections == 2  # one try + one retry, then a clear error
+
+
+async def test_cancelled_download_stops_its_thread(
+    einstein, workdir, make_file, proxy_factory, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    size = 8 * MiB
+    src = make_file(size)
+    ref = workdir.child("slow.bin")
+    with fd_of(src) as fd:
+        await einstein.transfer.upload(ref, fd, size)
+    ticket = await einstein.transfer.initiate_download(ref)
+    proxy = await proxy_factory(urlsplit(ticket.url).port, delay=0.02)  # ~3 MB/s
+    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    tr = Transfer(einstein.gw)
+    dst = tmp_path / "slow"
+    try:
+        with fd_of(dst, write=True) as fd:
+            with trio.fail_after(10):  # the cancelled call returns at once, not after the download
+                with trio.move_on_after(0.3) as scope:
+                    await tr.read_range(via, fd)
+            assert scope.cancelled_caught
+        # the worker thread notices within one chunk and gives its slot back
+        with trio.fail_after(20):
+            while tr.limiter.borrowed_tokens:
+                await trio.sleep(0.01)
+        written = dst.stat().st_size
+        assert 0 < written < size
+    finally:
+        tr.close()
