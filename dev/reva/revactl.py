@@ -391,20 +391,36 @@ def template_values(stack: Stack, extra: dict[str, str] | None = None) -> dict[s
     return values
 
 
-def write_config(stack: Stack, extra: dict[str, str] | None = None) -> None:
-    """Write the instance's *.toml and *.json into its conf dir from templates/main/ (+ its profile's)."""
+def render_config(stack: Stack, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """File name -> content of the instance's config, from templates/main/ (+ its profile's dir)."""
     dirs = [TEMPLATES / "main"] + ([TEMPLATES / stack.profile] if stack.profile != "main" else [])
     for d in dirs:
         if not d.is_dir():
             raise RevactlError(f"no templates for profile {stack.profile!r} in {TEMPLATES}")
     values = template_values(stack, extra)
-    stack.conf_dir.mkdir(parents=True, exist_ok=True)
-    for old in stack.conf_dir.iterdir():
-        old.unlink()
+    files: dict[str, str] = {}
     for d in dirs:
         for tpl in sorted(d.iterdir()):
             if tpl.suffix in (".toml", ".json"):
-                (stack.conf_dir / tpl.name).write_text(_substitute(tpl.read_text(), values, tpl.name))
+                files[tpl.name] = _substitute(tpl.read_text(), values, tpl.name)
+    return files
+
+
+def write_config(stack: Stack, extra: dict[str, str] | None = None) -> None:
+    """Write the instance's *.toml and *.json into its conf dir (replacing what was there)."""
+    files = render_config(stack, extra)
+    stack.conf_dir.mkdir(parents=True, exist_ok=True)
+    for old in stack.conf_dir.iterdir():
+        old.unlink()
+    for name, text in files.items():
+        (stack.conf_dir / name).write_text(text)
+
+
+def stale_config(stack: Stack, extra: dict[str, str] | None = None) -> list[str]:
+    """Names of config files whose running version differs from what the templates give now."""
+    want = render_config(stack, extra)
+    have = {p.name: p.read_text() for p in stack.conf_dir.glob("*") if p.suffix in (".toml", ".json")}
+    return sorted(n for n in want.keys() | have.keys() if want.get(n) != have.get(n))
 
 
 def ocm_extra(stacks: list[Stack]) -> dict[str, str]:
@@ -490,6 +506,7 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
             running_pid = pid
             wait_ready(stack, lambda: None if _is_our_revad(running_pid, stack) else "exited", timeout)
             print(_describe(stack, pid))
+            _warn_if_stale(stack, extra)
             return pid
         if not stack.binary.exists():
             raise RevactlError(f"no revad at {stack.binary}: run `dev/reva/revactl build`")
@@ -539,6 +556,17 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
             raise
         print(_describe(stack, proc.pid))
         return proc.pid
+
+
+def _warn_if_stale(stack: Stack, extra: dict[str, str] | None) -> None:
+    changed = stale_config(stack, extra)
+    if changed:
+        print(
+            f"revactl: warning: [{stack.instance}] runs an older config than dev/reva/templates "
+            f"({', '.join(changed)} changed): `revactl down` then `revactl up` applies it "
+            "(memory shares are lost on restart)",
+            file=sys.stderr,
+        )
 
 
 def _stop_pid(stack: Stack, pid: int, grace: float = 15.0) -> None:
@@ -594,12 +622,14 @@ def reset(stack: Stack) -> None:
     print(f"revad [{stack.instance}] data wiped ({stack.var_dir})")
 
 
-def status(stack: Stack) -> bool:
+def status(stack: Stack, extra: dict[str, str] | None = None) -> bool:
     pid = _read_pid(stack)
     if pid is None:
         print(f"revad [{stack.instance}] is not running (var dir {stack.var_dir})")
         return False
-    print(_describe(recorded_stack(stack), pid))
+    running = recorded_stack(stack)
+    print(_describe(running, pid))
+    _warn_if_stale(running, extra)
     return True
 
 
@@ -678,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in stacks:
                 reset(s)
         elif args.cmd == "status":
-            running = [status(s) for s in stacks]
+            running = [status(s, extra) for s in stacks]
             return 0 if all(running) else 3
         elif args.cmd == "env":
             print("\n".join(env_lines(stacks, ocm)))
