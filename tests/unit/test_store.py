@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,43 @@ def test_warm_cache_survives_reopen_and_changed_etag_drops_it(cache_dir: Path) -
         assert store.stats().used == 50_000
 
 
+def _crashed_copy(src: Path, dst: Path, *, same_boot: bool) -> Path:
+    """The cache dir as a crash would leave it: the files as they are now, no clean close."""
+    shutil.copytree(src, dst)
+    (dst / "CLEAN").unlink(missing_ok=True)
+    if not same_boot:
+        (dst / "LOCK").write_text("pid 1\nanother-boot\n")
+    return dst
+
+
+@pytest.mark.parametrize("same_boot", [True, False])
+def test_unclean_stop_keeps_pending_and_trusts_ranges_only_in_the_same_boot(
+    tmp_path: Path, same_boot: bool
+) -> None:
+    content = remote(100_000)
+    store = CacheStore(tmp_path / "live", 64 * MiB)
+    try:
+        with store.open_file("clean", size=len(content), etag="e1") as f:
+            fill(f, content, 0, 60_000)
+        d = store.open_file("dirty", size=0, etag=None)
+        store.mark_dirty("dirty", path="/home/new.txt", resource_id=None, base_etag=None)
+        d.write(0, b"precious")
+        store.checkpoint()
+        crashed = _crashed_copy(tmp_path / "live", tmp_path / "crashed", same_boot=same_boot)
+        d.close()
+    finally:
+        store.close()
+    with opened(crashed) as again:
+        assert [p.path for p in again.pending()] == ["/home/new.txt"]
+        with again.open_file("dirty", size=0, etag=None) as f:
+            assert f.read(0, 100) == b"precious"
+        with again.open_file("clean", size=len(content), etag="e1") as f:
+            if same_boot:
+                assert f.read(0, 60_000) == content[:60_000]
+            else:
+                assert f.missing(0, len(content)) == [(0, len(content))]
+
+
 def test_second_store_on_same_dir_refuses(cache_dir: Path) -> None:
     with opened(cache_dir), pytest.raises(StoreLocked, match="in use by another meshfs"):
         CacheStore(cache_dir, MiB)
@@ -279,9 +317,13 @@ def test_forget_keeps_open_handle_readable(cache_dir: Path) -> None:
         store.mark_dirty("k", path="/home/k", resource_id=None, base_etag=None)
         f.write(0, b"still here")
         store.forget("k")
-        assert os.pread(f.fd, 100, 0) == b"still here"
+        assert f.read(0, 100) == b"still here"
+        f.write(10, b"!")  # unlinked but open: still writable, never journaled again
+        assert f.read(0, 100) == b"still here!"
+        assert store.pending() == [] and store.lookup("k") is None
         f.close()
         assert list((cache_dir / "data").iterdir()) == []
+        assert list((cache_dir / "meta").iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,6 +462,21 @@ def test_disk_full_surfaces_and_keeps_earlier_data(tiny_tmpfs: Path) -> None:
         assert [p.path for p in store.pending()] == ["/home/out.root"]
         with store.open_file("k", size=0, etag=None) as f:
             assert f.read(0, 10**6) == first
+
+
+def test_disk_full_below_the_limit_evicts_clean_data_and_retries(tiny_tmpfs: Path) -> None:
+    cache = tiny_tmpfs / "cache"
+    with opened(cache, limit=1 << 40) as store:  # the limit is not what stops us: the disk is
+        old = remote(700_000, seed=3)
+        with store.open_file("clean-old", size=len(old), etag="e") as f:
+            fill(f, old, 0, len(old))
+        w = store.open_file("w", size=0, etag=None)
+        store.mark_dirty("w", path="/home/w", resource_id=None, base_etag=None)
+        data = remote(500_000, seed=4)
+        w.write(0, data)  # does not fit next to the clean file: it is evicted, the write retried
+        assert store.lookup("clean-old") is None
+        assert w.read(0, len(data)) == data
+        w.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -561,8 +618,8 @@ def _apply(model: _Model, op: tuple[object, ...], store: CacheStore | None, hand
         m.path = new
 
 
-def _crash_child(directory: str, seed: int, nops: int, ack: str) -> None:
-    store = CacheStore(directory, 1 << 40)
+def _crash_child(directory: str, seed: int, nops: int, ack: str, sync_journal: bool) -> None:
+    store = CacheStore(directory, 1 << 40, sync_journal=sync_journal)
     handles: dict = {}  # type: ignore[type-arg]
     model = _Model()
     fd = os.open(ack, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -647,15 +704,26 @@ def _check_reopened(directory: Path, seed: int, acked: int) -> None:
                 f.close()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
-def test_journal_survives_sigkill_at_random_points(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "sync_journal"), [(1, False), (2, False), (3, False), (4, False), (5, True), (6, True)]
+)
+def test_journal_survives_sigkill_at_random_points(tmp_path: Path, seed: int, sync_journal: bool) -> None:
     rng = random.Random(seed * 7919)
     directory = tmp_path / "cache"
     ack = tmp_path / "ack"
     nops = 400
     target = rng.randrange(5, nops)
     child = subprocess.Popen(
-        [sys.executable, __file__, "crash-child", str(directory), str(seed), str(nops), str(ack)],
+        [
+            sys.executable,
+            __file__,
+            "crash-child",
+            str(directory),
+            str(seed),
+            str(nops),
+            str(ack),
+            str(int(sync_journal)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -679,5 +747,5 @@ def test_journal_survives_sigkill_at_random_points(tmp_path: Path, seed: int) ->
     _check_reopened(directory, seed, acked)
 
 
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "crash-child":
-    _crash_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "crash-child":
+    _crash_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1")
