@@ -491,9 +491,18 @@ def _describe(stack: Stack, pid: int) -> str:
     )
 
 
+def _check_ours(stack: Stack) -> None:
+    """Refuse to touch an existing non-empty var dir that revactl did not make (a mistyped REVA_VAR_DIR?)."""
+    d = stack.var_dir
+    if d.exists() and not (d / MARKER).exists() and (not d.is_dir() or any(d.iterdir())):
+        raise RevactlError(f"{d} was not made by revactl (no {MARKER}); not touching it (check REVA_VAR_DIR)")
+
+
 def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = None) -> int:
     """Start the stack unless it is running; returns revad's pid."""
+    _check_ours(stack)
     stack.var_dir.mkdir(parents=True, exist_ok=True)
+    (stack.var_dir / MARKER).touch()
     with _locked(stack.var_dir / ".lock"):
         pid = _read_pid(stack)
         if pid is not None:
@@ -516,7 +525,6 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
                 f"port(s) already in use on 127.0.0.1: {', '.join(busy)} "
                 "(another Reva? pick free ports with REVA_PORT_OFFSET=<n> and a distinct REVA_INSTANCE)"
             )
-        (stack.var_dir / MARKER).touch()
         for d in (stack.data_dir, stack.state_dir, stack.state_dir / "tmp", stack.var_dir / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
         write_config(stack, extra)
@@ -596,6 +604,7 @@ def _reap(pid: int) -> None:
 
 def down(stack: Stack) -> bool:
     """Stop the stack; True if it was running."""
+    _check_ours(stack)
     if not stack.var_dir.exists():
         print(f"revad [{stack.instance}] is not running")
         return False
@@ -613,11 +622,9 @@ def down(stack: Stack) -> bool:
 
 def reset(stack: Stack) -> None:
     """Stop the stack and delete its var dir (data, state, config, log)."""
-    down(stack)
+    down(stack)  # refuses foreign dirs
     if not stack.var_dir.exists():
         return
-    if not (stack.var_dir / MARKER).exists() and any(stack.var_dir.iterdir()):
-        raise RevactlError(f"{stack.var_dir} was not made by revactl (no {MARKER}); not deleting it")
     shutil.rmtree(stack.var_dir)
     print(f"revad [{stack.instance}] data wiped ({stack.var_dir})")
 

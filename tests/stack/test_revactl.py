@@ -1,0 +1,152 @@
+"""Tests of dev/reva/revactl's own behaviour: lifecycle, idempotency, env output, refusals, clear errors.
+
+Owns the contract of the dev-stack script that the Makefile, the fixtures and other engineers rely on.
+Runs a private instance in tmp_path on free ports; imports nothing from meshfs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+REVACTL = REPO / "dev" / "reva" / "revactl"
+DEFAULT_PORTS = (19000, 19001, 11000, 11001, 14000, 13000)
+
+pytestmark = pytest.mark.reva
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REVACTL), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def private_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for a throw-away instance in tmp_path, on an offset whose ports are all free."""
+    offsets = [o for o in range(700, 300, -10) if all(_free(p + o) for p in DEFAULT_PORTS)]
+    if not offsets:
+        pytest.fail("no free REVA_PORT_OFFSET between 310 and 700 for a private stack")
+    env = dict(os.environ)
+    env.update(
+        REVA_INSTANCE=f"pytest-{os.getpid()}",
+        REVA_VAR_DIR=str(tmp_path / "var"),
+        REVA_PORT_OFFSET=str(offsets[0]),
+    )
+    build = run(env, "build", timeout=30 * 60)
+    assert build.returncode == 0, build.stdout + build.stderr
+    try:
+        yield env
+    finally:
+        run(env, "down", timeout=60)
+
+
+def test_bad_offset_is_one_clear_line() -> None:
+    env = dict(os.environ, REVA_PORT_OFFSET="5")
+    res = run(env, "env")
+    assert res.returncode == 1
+    assert res.stdout == ""
+    assert res.stderr.count("\n") == 1
+    assert res.stderr.startswith("revactl: REVA_PORT_OFFSET=5: use a multiple of 10")
+
+
+def test_missing_reva_bin_is_one_clear_line(tmp_path: Path) -> None:
+    env = dict(os.environ, REVA_BIN=str(tmp_path / "nope" / "revad"), REVA_VAR_DIR=str(tmp_path / "var"))
+    res = run(env, "up")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"revactl: REVA_BIN={tmp_path / 'nope' / 'revad'} does not exist (revactl only builds "
+        f"{REPO / '.cache' / 'bin' / 'revad'})"
+    ]
+    assert not (tmp_path / "nope").exists()
+
+
+def test_lifecycle_of_a_private_instance(private_env: dict[str, str]) -> None:
+    env = private_env
+    var_dir = Path(env["REVA_VAR_DIR"])
+    offset = int(env["REVA_PORT_OFFSET"])
+
+    assert run(env, "status").returncode == 3
+    first = run(env, "up")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"gateway 127.0.0.1:{19000 + offset}" in first.stdout
+    assert f"http://127.0.0.1:{19001 + offset}/remote.php/webdav/" in first.stdout
+    pid = (var_dir / "revad.pid").read_text().strip()
+    assert oct((var_dir / "secrets.json").stat().st_mode & 0o777) == "0o600"
+
+    again = run(env, "up")  # idempotent: same process, nothing restarted
+    assert again.returncode == 0, again.stderr
+    assert f"(pid {pid})" in again.stdout
+    assert "warning" not in again.stderr
+    assert run(env, "status").returncode == 0
+
+    sourced = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'eval "$1"; echo "$REVA_GATEWAY|$REVA_VAR_DIR|$REVA_DATAGATEWAY_URL"',
+            "_",
+            run(env, "env").stdout,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        sourced.stdout.strip()
+        == f"127.0.0.1:{19000 + offset}|{var_dir}|http://127.0.0.1:{19001 + offset}/data"
+    )
+
+    # a second instance on the same ports is refused, naming the ports
+    clash = dict(env, REVA_INSTANCE=env["REVA_INSTANCE"] + "-b", REVA_VAR_DIR=str(var_dir) + "-b")
+    refused = run(clash, "up")
+    assert refused.returncode == 1
+    assert "port(s) already in use on 127.0.0.1: gateway=" in refused.stderr
+
+    stopped = run(env, "down")
+    assert stopped.returncode == 0
+    assert f"stopped (pid {pid})" in stopped.stdout
+    assert not Path(f"/proc/{pid}").exists() or b"-dev-dir" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert run(env, "status").returncode == 3
+    assert "is not running" in run(env, "down").stdout
+
+    wiped = run(env, "reset")
+    assert wiped.returncode == 0, wiped.stderr
+    assert not var_dir.exists()
+
+
+def test_foreign_var_dir_is_left_alone(tmp_path: Path) -> None:
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    env = dict(os.environ, REVA_INSTANCE="pytest-foreign", REVA_VAR_DIR=str(foreign))
+    for cmd in ("reset", "down", "up"):
+        res = run(env, cmd)
+        assert res.returncode == 1, cmd
+        assert "was not made by revactl" in res.stderr, cmd
+    assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_env_is_shell_quoted(tmp_path: Path) -> None:
+    odd = tmp_path / "dir with 'quotes' and spaces"
+    env = dict(os.environ, REVA_INSTANCE="pytest-quoted", REVA_VAR_DIR=str(odd))
+    out = run(env, "env").stdout
+    line = next(x for x in out.splitlines() if x.startswith("REVA_VAR_DIR="))
+    assert shlex.split(line.partition("=")[2]) == [str(odd)]
