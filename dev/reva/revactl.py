@@ -258,7 +258,7 @@ def build(binary: Path = DEFAULT_BIN, *, quiet: bool = False) -> Path:
     env.update(
         GOPATH=str(gocache),
         GOMODCACHE=str(gocache / "mod"),
-        GOCACHE=str(gocache / "cache"),
+        GOCACHE=str(gocache / "build"),
         GOFLAGS="-modcacherw",
         GOTOOLCHAIN="local",
         GOSUMDB="off",
