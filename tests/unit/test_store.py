@@ -669,6 +669,8 @@ def _check_reopened(directory: Path, seed: int, acked: int) -> None:
         pending = {p.key: p for p in store.pending()}
         for key in set(states[0]) | set(states[1]):
             options = [s[key] for s in states if key in s]
+            if key not in states[0]:  # first touched by the op in flight: may not exist at all
+                options.append((None, False, None, b"", RangeSet(), None, None))
             contents = [bytes(o[3]) for o in options]  # type: ignore[arg-type]
             p = pending.get(key)
             m = after.files[key]
