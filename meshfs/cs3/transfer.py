@@ -11,6 +11,7 @@ stopped at the next chunk) can never write into a descriptor number the caller h
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import random
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 
 import trio
 import urllib3
+import urllib3.connection
+import urllib3.util
 from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
@@ -47,6 +50,8 @@ log = logging.getLogger("meshfs.cs3.transfer")
 T = TypeVar("T")
 
 CHUNK = 1 << 20  # file -> socket copy unit (uploads)
+SENDFILE_MIN = 1 << 20  # smaller bodies go through the pool (a dedicated connection costs a connect)
+SENDFILE_SLICE = 16 << 20  # sendfile() call size; the stop flag is checked between slices
 READ_CHUNK = 256 << 10  # socket -> file copy unit (a cut connection loses at most one partial unit)
 TUS_CHUNK = 64 << 20  # default size of one tus PATCH
 
@@ -87,6 +92,8 @@ class Transfer:
     retries: extra attempts on transport failures (connection refused/reset, timeouts, 502/503/504);
     downloads resume where they stopped, tus uploads ask the server's offset (HEAD) and go on,
     simple uploads restart from scratch.
+    sendfile: send upload bodies of plain-HTTP transfers with os.sendfile (kernel copy from the file
+    to the socket, on a dedicated connection) instead of read()+send() through the pool.
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class Transfer:
         backoff_max: float = 5.0,
         ticket_lifetime: float = 60.0,
         ca_file: str | None = None,
+        sendfile: bool = True,
     ) -> None:
         if http_threads < 1:
             raise ValueError(f"http_threads must be ≥ 1, got {http_threads}")
@@ -110,6 +118,8 @@ class Transfer:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.ticket_lifetime = ticket_lifetime
+        self.sendfile = sendfile
+        self._read_timeout = read_timeout
         kw: dict[str, Any] = {}
         if ca_file is not None:
             kw["ca_certs"] = ca_file
@@ -376,6 +386,67 @@ class Transfer:
             pos += len(chunk)
             yield chunk
 
+    def _send_body(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        fd: int,
+        start: int,
+        size: int,
+        stop: threading.Event,
+        path: str,
+    ) -> tuple[int, Any]:
+        """Send `size` bytes of `fd` from `start` as the body of one request; (status, headers).
+        Raises _Transient on transport failures. `fd` is the worker's own descriptor."""
+        headers = {**headers, "Content-Length": str(size)}
+        if not (self.sendfile and size >= SENDFILE_MIN and url.startswith("http://")):
+            try:
+                resp = self.pool.request(
+                    method,
+                    url,
+                    body=self._body(fd, start, start + size, stop),
+                    headers=headers,
+                    redirect=False,
+                    chunked=False,
+                )
+            except Urllib3Error as e:
+                raise _Transient(_transport_error(e, op="upload", path=path)) from None
+            return resp.status, resp.headers
+        u = urllib3.util.parse_url(url)
+        conn = urllib3.connection.HTTPConnection(u.host or "", u.port or 80, timeout=self._read_timeout)
+        try:
+            conn.request(method, u.request_uri, body=None, headers=headers)  # sends the headers only
+            sock = conn.sock
+            assert sock is not None
+            try:
+                with open(fd, "rb", buffering=0, closefd=False) as f:
+                    pos, end = start, start + size
+                    while pos < end:
+                        if stop.is_set():
+                            raise _Stopped
+                        sent = sock.sendfile(f, pos, min(SENDFILE_SLICE, end - pos))
+                        if not sent:
+                            raise MeshError(f"local file shorter than {end} bytes", op="upload", path=path)
+                        pos += sent
+            except OSError as e:
+                # the server may have answered early (403/412/507) and closed: salvage its answer
+                try:
+                    early = conn.getresponse()
+                    early.read()
+                except (OSError, http.client.HTTPException):
+                    raise e from None
+                if early.status < 400:
+                    raise
+                return early.status, early.headers
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, resp.headers
+        except (Urllib3Error, OSError, http.client.HTTPException) as e:
+            raise _Transient(_transport_error(e, op="upload", path=path)) from None
+        finally:
+            conn.close()
+
     def _put(
         self,
         url: str,
@@ -387,27 +458,16 @@ class Transfer:
         path: str,
     ) -> UploadResult:
         headers = _headers(token, transfer)
-        headers["Content-Length"] = str(length)
         headers["Content-Type"] = "application/octet-stream"
         own = os.dup(fd)
         try:
-            try:
-                resp = self.pool.request(
-                    "PUT",
-                    url,
-                    body=self._body(own, 0, length, stop),
-                    headers=headers,
-                    redirect=False,
-                    chunked=False,
-                )
-            except Urllib3Error as e:
-                raise _Transient(_transport_error(e, op="upload", path=path)) from None
-            if resp.status not in (200, 201, 204):
-                err = _http_error(resp.status, op="upload", path=path)
-                if resp.status in (502, 503, 504):
+            status, rheaders = self._send_body("PUT", url, headers, own, 0, length, stop, path)
+            if status not in (200, 201, 204):
+                err = _http_error(status, op="upload", path=path)
+                if status in (502, 503, 504):
                     raise _Transient(err)
                 raise err
-            return _upload_result(resp.headers)
+            return _upload_result(rheaders)
         finally:
             os.close(own)
 
@@ -515,30 +575,21 @@ class Transfer:
                 "Tus-Resumable": "1.0.0",
                 "Upload-Offset": str(start),
                 "Content-Type": "application/offset+octet-stream",
-                "Content-Length": str(size),
             }
         )
         own = os.dup(fd)
         try:
-            try:
-                resp = self.pool.request(
-                    "PATCH",
-                    session.url,
-                    body=self._body(own, start, start + size, stop),
-                    headers=headers,
-                    redirect=False,
-                    chunked=False,
-                )
-            except Urllib3Error as e:
-                raise _Transient(_transport_error(e, op="upload", path=session.ref)) from None
-            if resp.status not in (200, 201, 204):
-                err = _http_error(resp.status, op="upload", path=session.ref)
-                if resp.status in (502, 503, 504):
+            status, rheaders = self._send_body(
+                "PATCH", session.url, headers, own, start, size, stop, session.ref
+            )
+            if status not in (200, 201, 204):
+                err = _http_error(status, op="upload", path=session.ref)
+                if status in (502, 503, 504):
                     raise _Transient(err)
                 raise err
-            value = resp.headers.get("Upload-Offset", "")
+            value = rheaders.get("Upload-Offset", "")
             new = int(value) if value.isdigit() else start + size
-            return new, _upload_result(resp.headers)
+            return new, _upload_result(rheaders)
         finally:
             os.close(own)
 

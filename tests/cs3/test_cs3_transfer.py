@@ -287,3 +287,39 @@ async def test_cancelled_download_stops_its_thread(
         assert 0 < written < size
     finally:
         tr.close()
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+async def test_both_body_senders(einstein, workdir, make_file, tmp_path, sendfile) -> None:  # type: ignore[no-untyped-def]
+    size = 5 * MiB + 1
+    src = make_file(size)
+    tr = Transfer(einstein.gw, sendfile=sendfile)
+    try:
+        with fd_of(src) as fd:
+            await tr.upload(workdir.child("a.bin"), fd, size)
+            session = await tr.start_tus(workdir.child("b.bin"), size)
+            await tr.tus_upload(session, fd, chunk_size=2 * MiB)
+        for name in ("a.bin", "b.bin"):
+            dst = tmp_path / f"{name}.{sendfile}"
+            with fd_of(dst, write=True) as fd:
+                assert await tr.download(workdir.child(name), fd) == size
+            assert sha256_file(dst) == sha256_file(src)
+    finally:
+        tr.close()
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+async def test_tus_wrong_offset_is_a_clear_error(einstein, workdir, make_file, sendfile) -> None:  # type: ignore[no-untyped-def]
+    """A refusal while the body is still being sent (409 here) is reported as such, not as a
+    transport failure retried until the budget runs out."""
+    size = 4 * MiB
+    src = make_file(size)
+    tr = Transfer(einstein.gw, sendfile=sendfile, retries=1, backoff=0.01)
+    try:
+        session = await tr.start_tus(workdir.child("off.bin"), size)
+        wrong = TusSession(session.url, session.token, size, MiB, session.ref)
+        with fd_of(src) as fd, trio.fail_after(30), pytest.raises(FailedPrecondition) as exc:
+            await tr.tus_upload(wrong, fd, chunk_size=3 * MiB, resume=False)
+        assert "HTTP_409" in str(exc.value)
+    finally:
+        tr.close()
