@@ -1032,6 +1032,11 @@ class CacheStore:
                         break
             except OSError as exc:
                 log.warning("cache: evicting ranges of %s: %s", e.key, exc)
+            finally:
+                # A fill may have written into a dropped range after the first bump (fills pwrite
+                # without the mutex): bumping again makes its mark_present fail, so it is refetched.
+                with self._lock:
+                    e.epoch += 1
             log.debug("cache: evicted %d bytes of open file %s", chosen.total, e.key)
             return chosen.total
         finally:
@@ -1240,10 +1245,14 @@ class CacheStore:
             self._used -= e.present.total
             e.present = RangeSet()
             e.size, e.etag, e.mtime = size, etag, mtime
-        self._write_meta(e, durable=False)  # record first: it never claims dropped data
-        os.ftruncate(e.fd, 0)
-        os.ftruncate(e.fd, size)
-        e.unsynced = False
+        try:
+            self._write_meta(e, durable=False)  # record first: it never claims dropped data
+            os.ftruncate(e.fd, 0)
+            os.ftruncate(e.fd, size)
+            e.unsynced = False
+        finally:
+            with self._lock:
+                e.epoch += 1  # fills that wrote before the truncation must not be marked
 
 
 class CacheFile:
@@ -1465,6 +1474,8 @@ class CacheFile:
             with store._lock:
                 e.generation += 1
                 e.unsynced = True
+                if size < old_size:
+                    e.epoch += 1
         if size < old_size:
             store._notify_space()
 
