@@ -1,0 +1,623 @@
+"""The daemon: one mount's whole lifecycle in one trio loop.
+
+Owns: the startup checks (mountpoint, secret files, the one-daemon-per-cache-dir lock), the order
+MeshFilesystem.start -> FUSE mount -> control socket + registry -> readiness (parent pipe and
+sd_notify) -> serve -> stop (signal, `meshfs umount`, or an unmount by someone else) -> drain ->
+unmount -> exit; sd_notify written by hand over the $NOTIFY_SOCKET datagram socket.
+Must not import: grpc, cs3apis, urllib3, meshfs.cs3 (the daemon talks to the filesystem only through
+`MeshFilesystem`: start, operations, attach, status, sync, drain, command).
+
+Readiness: when started by `meshfs mount` without `-f`, the environment variable MESHFS_READY_FD
+names a pipe; the daemon writes one line to it and closes it: "READY <mountpoint>" once the mount is
+live, or "ERROR <one line>" when it gives up. The parent prints the line and exits accordingly.
+
+Test hook: MESHFS_FILESYSTEM="package.module:Factory" replaces MeshFilesystem by any callable taking
+the Config and returning an object of the same shape (used by tests/daemon with a fake filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import trio
+
+from meshfs import control
+from meshfs.errors import MeshError
+
+log = logging.getLogger("meshfs.daemon")
+
+LOCK_NAME: Final = "daemon.lock"
+READY_FD_ENV: Final = "MESHFS_READY_FD"
+DRAIN_TIMEOUT: Final = 900.0
+"""Safety bound of draining at stop when the Config has no drain_timeout (systemd's TimeoutStopSec is
+longer). What is not uploaded by then stays in the cache journal and resumes at the next mount."""
+FS_FACTORY_ENV: Final = "MESHFS_FILESYSTEM"
+
+
+class StartupError(Exception):
+    """The mount cannot start; `str()` is the one line shown to the user."""
+
+
+# ----------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class MountPlan:
+    """What the daemon needs from the Config, in one place (built by `plan_from_config`)."""
+
+    source: str
+    """The source as displayed (cs3://user@host:port); never contains a secret."""
+    mountpoint: str
+    cache_dir: Path
+    read_only: bool = False
+    allow_other: bool = False
+    default_permissions: bool = False
+    nonempty: bool = False
+    drain_timeout: float = DRAIN_TIMEOUT
+
+
+class FilesystemLike(Protocol):
+    """The shape of meshfs.vfs.filesystem.MeshFilesystem the daemon relies on."""
+
+    operations: Any
+
+    async def start(self, nursery: trio.Nursery) -> None: ...
+    def attach(self, session: Any) -> None: ...
+    async def status(self) -> dict[str, object]: ...
+    async def sync(self, path: str | None) -> list[str]: ...
+    async def drain(self) -> None: ...
+    async def command(self, name: str, args: dict[str, object]) -> dict[str, object]: ...
+
+
+FilesystemFactory = Callable[[Any], FilesystemLike]
+
+
+def default_fs_factory() -> FilesystemFactory:
+    spec = os.environ.get(FS_FACTORY_ENV)
+    if spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory: FilesystemFactory = getattr(
+                importlib.import_module(module_name), attr or "MeshFilesystem"
+            )
+        except (ImportError, AttributeError) as e:
+            raise StartupError(f"{FS_FACTORY_ENV}={spec}: {e}") from None
+        return factory
+    # the real one, imported late (it pulls in grpc)
+    real: FilesystemFactory = importlib.import_module("meshfs.vfs.filesystem").MeshFilesystem
+    return real
+
+
+# ------------------------------------------------------------------------------------------ sd_notify
+
+
+def sd_notify(*states: str) -> bool:
+    """Send `states` ("READY=1", "STATUS=...") to systemd; False when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(states).encode(), address)
+    except OSError as e:
+        log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), e.strerror)
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------- readiness pipe
+
+
+class Readiness:
+    """The pipe to the `meshfs mount` parent (if any) plus systemd; each side is told once."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    @classmethod
+    def from_environ(cls) -> Readiness:
+        raw = os.environ.pop(READY_FD_ENV, None)
+        if raw is None:
+            return cls(None)
+        try:
+            fd = int(raw)
+            os.set_inheritable(fd, False)
+        except (ValueError, OSError):
+            return cls(None)
+        return cls(fd)
+
+    def _send(self, line: str) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def ready(self, mountpoint: str) -> None:
+        self._send(f"READY {mountpoint}")
+
+    def failed(self, message: str) -> None:
+        self._send(f"ERROR {message}")
+
+    @property
+    def pending(self) -> bool:
+        return self._fd is not None
+
+
+# --------------------------------------------------------------------------------- startup checks
+
+
+def mounted_filesystems() -> dict[str, tuple[str, str]]:
+    """mountpoint -> (fstype, major:minor) from /proc/self/mountinfo (octal escapes decoded)."""
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        point = _unescape_mount_path(fields[4])
+        found[point] = (right.split()[0], fields[2])
+    return found
+
+
+def _unescape_mount_path(raw: str) -> str:
+    out, i = [], 0
+    while i < len(raw):
+        if raw[i] == "\\" and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
+            out.append(chr(int(raw[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return "".join(out)
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise StartupError(f"the mountpoint {mountpoint} does not exist (create it with mkdir)") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            log.warning("%s is the stale mount of a dead daemon; it will be replaced", mountpoint)
+            return
+        raise StartupError(f"the mountpoint {mountpoint}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StartupError(f"the mountpoint {mountpoint} is not a directory")
+    mounted = mounted_filesystems().get(mountpoint)
+    if mounted is not None:
+        raise StartupError(f"{mountpoint} is already a mountpoint ({mounted[0]}); unmount it first")
+    if not os.access(mountpoint, os.W_OK | os.X_OK) and os.getuid() != 0:
+        raise StartupError(f"the mountpoint {mountpoint} is not writable by you")
+
+
+def prepare_cache_dir(cache_dir: Path) -> None:
+    """Create the cache dir 0700 (parents too); refuse one owned by someone else."""
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = cache_dir.stat()
+    except OSError as e:
+        raise StartupError(f"cache dir {cache_dir}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StartupError(f"cache dir {cache_dir} is not a directory")
+    if st.st_uid != os.getuid():
+        raise StartupError(f"cache dir {cache_dir} belongs to uid {st.st_uid}, not to you")
+    if st.st_mode & 0o077:
+        os.chmod(cache_dir, 0o700)
+
+
+class CacheDirLock:
+    """One daemon per cache dir: an flock on CACHE_DIR/daemon.lock held for the daemon's life.
+
+    The file holds {"pid", "mountpoint", "source"} of the holder, for the refusal message. It is
+    never deleted (deleting a lock file races with the next locker); the kernel drops the lock when
+    the process dies, even by SIGKILL.
+    """
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.path = cache_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self, mountpoint: str, source: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise StartupError(
+                f"the cache dir {self.path.parent} is in use by another meshfs daemon{holder}; "
+                "unmount it first or use another --cache-dir"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise StartupError(f"cannot lock {self.path}: {e.strerror}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "mountpoint": mountpoint, "source": source}).encode())
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f" (pid {int(info['pid'])}, mounted on {info['mountpoint']})"
+        except (ValueError, KeyError, TypeError, OSError):
+            return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------------ unmount helpers
+
+
+def detach_mount(mountpoint: str, *, lazy: bool = True) -> str | None:
+    """Unmount `mountpoint` with the system tools (lazy by default); None or the one-line failure."""
+    if os.getuid() == 0:
+        cmd = ["umount", "-l", mountpoint] if lazy else ["umount", mountpoint]
+    else:
+        cmd = ["fusermount3", "-u", "-z", mountpoint] if lazy else ["fusermount3", "-u", mountpoint]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        return f"{cmd[0]} is not installed"
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(cmd)} did not finish within 30 s"
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return lines[-1] if lines else f"{cmd[0]} failed with status {done.returncode}"
+    return None
+
+
+def abort_connection(mountpoint: str) -> str | None:
+    """Abort the FUSE connection of `mountpoint` (/sys/fs/fuse/connections/N/abort); None on success."""
+    info = mounted_filesystems().get(mountpoint)
+    if info is None:
+        return f"{mountpoint} is not mounted"
+    fstype, devno = info
+    if not fstype.startswith("fuse"):
+        return f"{mountpoint} is not a FUSE mount ({fstype})"
+    minor = devno.partition(":")[2]
+    conn = Path("/sys/fs/fuse/connections")
+    if not (conn / minor).exists() and os.getuid() == 0:
+        # the control filesystem is normally mounted at boot (sys-fs-fuse-connections.mount)
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(conn)], capture_output=True, check=False)
+    try:
+        (conn / minor / "abort").write_text("1")
+    except OSError as e:
+        return f"cannot abort FUSE connection {minor}: {e.strerror} ({conn} not mounted?)"
+    return None
+
+
+# -------------------------------------------------------------------------------------- the daemon
+
+
+@contextlib.contextmanager
+def _chdir_root() -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir("/")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.chdir(old)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _first(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `kinds` inside `exc` (which may be a nested exception group)."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _first(sub, kinds)
+            if found is not None:
+                return found
+    return None
+
+
+class Daemon:
+    """One mount. `run()` returns the process exit status (0: clean stop, 1: failure)."""
+
+    def __init__(
+        self,
+        config: Any,
+        plan: MountPlan,
+        *,
+        fs_factory: FilesystemFactory | None = None,
+        session_api: SessionApi | None = None,
+        readiness: Readiness | None = None,
+    ) -> None:
+        self.config = config
+        self.plan = plan
+        self._fs_factory = fs_factory
+        self._session_api = session_api or SessionApi()
+        self.readiness = readiness or Readiness(None)
+        self._stop = trio.Event()
+        self._stop_reason = ""
+        self._drain = True
+        self._drain_scope: trio.CancelScope | None = None
+        self._session: Any = None
+        self._fs: FilesystemLike | None = None
+        self._mounted = False
+        self._started = time.time()
+        self._state = "starting"
+        self._start_scope: trio.CancelScope | None = None
+
+    # -------------------------------------------------------------------- public
+    def run(self) -> int:
+        """Blocking entry point: runs the trio loop until the mount has ended."""
+        # resolve symlinks now: after the mount a stat of the mountpoint is served by this very
+        # process, so the trio thread must never touch it again
+        self.plan = dataclasses.replace(self.plan, mountpoint=os.path.realpath(self.plan.mountpoint))
+        lock = CacheDirLock(self.plan.cache_dir)
+        try:
+            check_mountpoint(self.plan.mountpoint)
+            prepare_cache_dir(self.plan.cache_dir)
+            lock.acquire(self.plan.mountpoint, self.plan.source)
+            with _chdir_root():
+                return trio.run(self._main)
+        except StartupError as e:
+            return self._fail(str(e))
+        except KeyboardInterrupt:
+            return self._fail("interrupted")
+        finally:
+            lock.release()
+
+    def request_stop(self, reason: str, *, drain: bool = True) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._drain = drain
+            self._stop.set()
+        elif not drain and self._drain_scope is not None:
+            log.warning(
+                "%s: giving up draining; pending uploads stay in the cache and resume next mount", reason
+            )
+            self._drain_scope.cancel()
+
+    # -------------------------------------------------------------------- internals
+    def _fail(self, message: str) -> int:
+        log.error("%s", message)
+        self.readiness.failed(message)
+        return 1
+
+    async def _main(self) -> int:
+        entry: control.MountEntry | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals)
+                entry = await self._start(nursery)
+                if entry is None:  # stopped by a signal while starting
+                    nursery.cancel_scope.cancel()
+                    return 1
+                await self._stop.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if entry is not None:
+                control.unregister(entry)
+                entry = None
+            failure = _first(exc, (StartupError, MeshError, OSError))
+            if failure is None:
+                raise
+            await self._emergency_unmount()
+            message = _one_line(failure)
+            if isinstance(failure, OSError) and not isinstance(failure, MeshError) and failure.filename:
+                message = f"{failure.filename}: {failure.strerror}"
+            return self._fail(message)
+        finally:
+            if entry is not None:
+                control.unregister(entry)
+        log.info("%s: unmounted (%s)", self.plan.mountpoint, self._stop_reason)
+        return 0
+
+    async def _start(self, nursery: trio.Nursery) -> control.MountEntry | None:
+        plan = self.plan
+        factory = self._fs_factory or default_fs_factory()
+        fs = factory(self.config)
+        self._fs = fs
+        log.info("%s: connecting to %s", plan.mountpoint, plan.source)
+        with trio.CancelScope() as scope:
+            self._start_scope = scope
+            await fs.start(nursery)
+        if self._stop.is_set():
+            return None
+        socket_path = control.socket_path_for(plan.mountpoint)
+        session = await self._session_api.mount(fs.operations, plan)
+        self._session = session
+        self._mounted = True
+        fs.attach(session)
+        nursery.start_soon(self._serve_fuse, session)
+        with trio.fail_after(30):
+            await self._session_api.wait_initialized(session)
+        server = control.ControlServer(socket_path, self._handle)
+        await server.bind()
+        nursery.start_soon(server.serve)
+        entry = control.MountEntry(
+            mountpoint=plan.mountpoint,
+            socket=os.fspath(socket_path),
+            pid=os.getpid(),
+            pid_start=control.process_start_time(os.getpid()) or 0,
+            cache_dir=os.fspath(plan.cache_dir),
+            source=plan.source,
+            started=self._started,
+        )
+        control.register(entry)
+        self._state = "running"
+        self.readiness.ready(plan.mountpoint)
+        sd_notify("READY=1", f"STATUS=Mounted {plan.source} on {plan.mountpoint}", f"MAINPID={os.getpid()}")
+        log.info("%s: mounted %s (pid %d)", plan.mountpoint, plan.source, os.getpid())
+        return entry
+
+    async def _shutdown(self) -> None:
+        plan = self.plan
+        self._state = "stopping"
+        sd_notify("STOPPING=1", f"STATUS=Stopping: {self._stop_reason}")
+        log.info("%s: stopping (%s)", plan.mountpoint, self._stop_reason)
+        if self._drain and self._fs is not None:
+            sd_notify("STATUS=Draining pending uploads")
+            with trio.move_on_after(plan.drain_timeout) as scope:
+                self._drain_scope = scope
+                try:
+                    await self._fs.drain()
+                except MeshError as e:
+                    log.error(
+                        "%s: draining failed: %s; pending uploads stay in the cache", plan.mountpoint, e
+                    )
+            self._drain_scope = None
+            if scope.cancelled_caught:
+                log.warning(
+                    "%s: pending uploads not finished within %g s; they stay in the cache and "
+                    "resume at the next mount",
+                    plan.mountpoint,
+                    plan.drain_timeout,
+                )
+        await self._unmount()
+
+    async def _unmount(self) -> None:
+        if not self._mounted or self._session is None:
+            return
+        self._mounted = False
+        with trio.move_on_after(30):
+            try:
+                await self._session_api.unmount(self._session)
+                return
+            except OSError as e:
+                log.warning("%s: unmount failed (%s); detaching lazily", self.plan.mountpoint, e.strerror)
+        failure = await trio.to_thread.run_sync(detach_mount, self.plan.mountpoint)
+        if failure:
+            log.error("%s: lazy unmount failed: %s", self.plan.mountpoint, failure)
+
+    async def _emergency_unmount(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._unmount()
+
+    async def _serve_fuse(self, session: Any) -> None:
+        await self._session_api.serve(session)
+        # the session ends when the kernel connection goes away: unmounted by someone else
+        if self._mounted:
+            self._mounted = False
+            self.request_stop("unmounted from outside (fusermount3 -u / umount)")
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP ignored (nothing to reload yet)")
+                    continue
+                if self._state == "starting":
+                    log.info("%s while starting: giving up", name)
+                    self._stop_reason = name
+                    self._stop.set()
+                    if self._start_scope is not None:
+                        self._start_scope.cancel()
+                    continue
+                self.request_stop(f"{name} received", drain=not self._stop.is_set())
+
+    async def _handle(self, request: dict[str, Any]) -> Any:
+        op = request["op"]
+        fs = self._fs
+        assert fs is not None
+        if op == "ping":
+            return {"pid": os.getpid()}
+        if op == "status":
+            return {
+                "mountpoint": self.plan.mountpoint,
+                "source": self.plan.source,
+                "pid": os.getpid(),
+                "cache_dir": os.fspath(self.plan.cache_dir),
+                "started": self._started,
+                "state": self._state,
+                "fs": await fs.status(),
+            }
+        if op == "sync":
+            path = request.get("path")
+            if path is not None and not isinstance(path, str):
+                raise ValueError("sync: path must be a string")
+            return {"failures": [str(f) for f in await fs.sync(path)]}
+        if op == "umount":
+            self.request_stop("meshfs umount", drain=bool(request.get("drain", True)))
+            return {"pid": os.getpid()}
+        if op == "command":
+            name, args = request.get("name"), request.get("args") or {}
+            if not isinstance(name, str) or not isinstance(args, dict):
+                raise ValueError("command: needs a name and an args object")
+            return await fs.command(name, args)
+        raise ValueError(f"unknown request {op!r}")
+
+
+# ------------------------------------------------------------------------------- the FUSE adapter
+
+
+class SessionApi:
+    """The things the daemon does with meshfs.fuse: mount, serve, wait for INIT, unmount.
+
+    Kept in one small class so that the daemon depends on the FUSE library's API in one place.
+    """
+
+    async def mount(self, operations: Any, plan: MountPlan) -> Any:
+        from meshfs import fuse
+
+        session = fuse.Session(operations)
+        options = fuse.MountOptions(
+            fsname=plan.source,
+            subtype="meshfs",
+            allow_other=plan.allow_other,
+            default_permissions=plan.default_permissions or plan.allow_other,
+            ro=plan.read_only,
+            nonempty=plan.nonempty,
+        )
+        try:
+            # blocking (mount(2) or fusermount3), bounded inside by 30 s timeouts
+            await trio.to_thread.run_sync(session.mount, plan.mountpoint, options)
+        except fuse.MountError as e:
+            raise StartupError(str(e)) from None
+        return session
+
+    async def serve(self, session: Any) -> None:
+        await session.run()
+
+    async def wait_initialized(self, session: Any) -> None:
+        """Until the kernel's INIT was answered (the mount then answers stat at once)."""
+        while session.initialized is None:
+            await trio.sleep(0.005)
+        await session.initialized.wait()
+
+    async def unmount(self, session: Any) -> None:
+        from meshfs import fuse
+
+        try:
+            await trio.to_thread.run_sync(session.unmount)
+        except fuse.MountError as e:
+            raise OSError(errno.EBUSY, str(e)) from None
