@@ -98,6 +98,13 @@ class Aborted(MeshError):
     errno = _errno.EIO
 
 
+class SessionExpired(MeshError):
+    """A resumable upload can no longer be continued (its transfer token expired or the server
+    forgot the session): start a new upload from the local copy."""
+
+    errno = _errno.EIO
+
+
 class InsufficientStorage(MeshError):
     errno = _errno.ENOSPC
 

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -43,6 +44,9 @@ T = TypeVar("T")
 
 _CODE_OK = code_pb2.CODE_OK
 _CODE_UNAUTHENTICATED = code_pb2.CODE_UNAUTHENTICATED
+# what Reva says when it refuses a token ("auth: core access token is invalid", "error dismantling
+# token", "user not found in context")
+_TOKEN_REFUSED = re.compile(r"access token|dismantling token|user not found in context", re.IGNORECASE)
 # CS3 codes an invalid/expired token can hide behind (see Gateway._token_refused)
 _SUSPECT_CODES = frozenset(
     {code_pb2.CODE_UNAUTHENTICATED, code_pb2.CODE_NOT_FOUND, code_pb2.CODE_PERMISSION_DENIED}
@@ -94,7 +98,7 @@ class Gateway:
         backoff: float = 0.2,
         backoff_max: float = 5.0,
         refresh_margin: float = 60.0,
-        verify_interval: float = 30.0,
+        verify_interval: float = 10.0,
     ) -> None:
         if rpc_threads < 1:
             raise ValueError(f"rpc_threads must be ≥ 1, got {rpc_threads}")
@@ -290,7 +294,7 @@ class Gateway:
             except (PermissionDenied, ServerError) as e:
                 # gRPC-level refusals: Unauthenticated, PERMISSION_DENIED "core access token is invalid",
                 # UNKNOWN "user not found in context"
-                if reauthed or not await self._token_refused(token, e.code or ""):
+                if reauthed or not await self._token_refused(token, e.code or "", e.message):
                     raise
                 reauthed = True
                 await self.authenticate(stale=token)
@@ -303,18 +307,18 @@ class Gateway:
             if (
                 not reauthed
                 and bad.code in _SUSPECT_CODES
-                and await self._token_refused(token, code_pb2.Code.Name(bad.code))
+                and await self._token_refused(token, code_pb2.Code.Name(bad.code), bad.message)
             ):
                 reauthed = True
                 await self.authenticate(stale=token)
                 continue
             raise self._cs3_error(bad, op=op, path=path)
 
-    async def _token_refused(self, token: Secret, code: str) -> bool:
+    async def _token_refused(self, token: Secret, code: str, message: str = "") -> bool:
         """Is `token` no longer accepted? Reva's gateway lets every call through and an invalid or
         expired token then surfaces as NOT_FOUND / PERMISSION_DENIED / UNKNOWN, indistinguishable
         from the real thing; so when no call has succeeded for `verify_interval` seconds, ask WhoAmI."""
-        if code in ("CODE_UNAUTHENTICATED", "UNAUTHENTICATED"):
+        if code in ("CODE_UNAUTHENTICATED", "UNAUTHENTICATED") or _TOKEN_REFUSED.search(message):
             return True
         if token != self._token:
             return True  # another task already replaced it

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -35,9 +36,12 @@ from meshfs.errors import (
     FailedPrecondition,
     InvalidArgument,
     MeshError,
+    PermissionDenied,
     ServerError,
     ServerUnavailable,
+    SessionExpired,
     Timeout,
+    Unauthenticated,
 )
 
 from ._convert import opaque, ref_to_pb, rid_from_pb
@@ -160,8 +164,18 @@ class Transfer:
         if p is None:
             raise ServerError("no download protocol offered", op="download", path=str(ref))
         return DownloadTicket(
-            p.download_endpoint, Secret(p.token), trio.current_time() + self.ticket_lifetime
+            p.download_endpoint,
+            Secret(p.token),
+            trio.current_time() + self.ticket_lifetime,
+            ref,
+            lock_id,
         )
+
+    async def fresh_ticket(self, ticket: DownloadTicket) -> DownloadTicket:
+        """`ticket` if still valid, else a new one for the same reference."""
+        if ticket.ref is None or trio.current_time() < ticket.expires_at:
+            return ticket
+        return await self.initiate_download(ticket.ref, lock_id=ticket.lock_id)
 
     async def read_range(
         self,
@@ -175,7 +189,10 @@ class Transfer:
     ) -> int:
         """GET bytes [offset, offset+length) (to EOF if length is None) and pwrite them to `fd` at
         `fd_offset` (default: `offset`). Returns the number of bytes written (short at EOF).
-        Transport failures are retried, resuming after the bytes already written."""
+        Transport failures are retried, resuming after the bytes already written. An expired or
+        refused transfer token (HTTP 403) gets a new ticket once; a refused access token (401) a
+        new login once."""
+        path = path or str(ticket.ref or "")
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument(f"bad range {offset}+{length}", op="read", path=path)
         if length == 0:
@@ -183,7 +200,9 @@ class Transfer:
         base = offset if fd_offset is None else fd_offset
         done = 0
         attempt = 0
+        renewed = reauthed = False
         while True:
+            ticket = await self.fresh_ticket(ticket)
             token = await self.gw.access_token()
             want = None if length is None else length - done
 
@@ -193,12 +212,23 @@ class Transfer:
                 want: int | None = want,
                 at: int = base + done,
                 token: Secret = token,
+                ticket: DownloadTicket = ticket,
             ) -> int:
                 return self._get(ticket, token, fd, start, want, at, stop, path)
 
             try:
                 done += await self._in_thread(work)
                 return done
+            except Unauthenticated:
+                if reauthed:
+                    raise
+                reauthed = True
+                await self.gw.authenticate(stale=token)
+            except PermissionDenied:
+                if renewed or ticket.ref is None:
+                    raise
+                renewed = True
+                ticket = await self.initiate_download(ticket.ref, lock_id=ticket.lock_id)
             except _Transient as t:
                 done += t.progress
                 if t.progress:
@@ -347,6 +377,7 @@ class Transfer:
         PUT. Transport failures restart the upload (new session), up to `retries` times."""
         path = str(ref)
         attempt = 0
+        renewed = reauthed = False
         while True:
             protos = await self._initiate_upload(
                 ref, length, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
@@ -368,6 +399,15 @@ class Transfer:
 
             try:
                 return await self._in_thread(work)
+            except Unauthenticated:  # HTTP 401: our access token was refused
+                if reauthed:
+                    raise
+                reauthed = True
+                await self.gw.authenticate(stale=token)
+            except PermissionDenied:  # HTTP 403: the transfer token expired or was refused
+                if renewed:
+                    raise
+                renewed = True
             except _Transient as t:
                 if attempt >= self.retries:
                     raise t.error from None
@@ -493,32 +533,37 @@ class Transfer:
         return TusSession(url, transfer, length, 0, str(ref))
 
     async def tus_offset(self, session: TusSession) -> int:
-        """How many bytes the server has (HEAD). NotFound/... when the session is gone or expired."""
-        token = await self.gw.access_token()
-
-        def work(stop: threading.Event) -> int:
-            headers = _headers(token, session.token)
-            headers["Tus-Resumable"] = "1.0.0"
-            try:
-                resp = self.pool.request("HEAD", session.url, headers=headers, redirect=False)
-            except Urllib3Error as e:
-                raise _Transient(_transport_error(e, op="upload", path=session.ref)) from None
-            if resp.status not in (200, 204):
-                raise _http_error(resp.status, op="upload", path=session.ref)
-            value = resp.headers.get("Upload-Offset", "")
-            if not value.isdigit():
-                raise ServerError("HEAD without Upload-Offset", op="upload", path=session.ref)
-            return int(value)
-
+        """How many bytes the server has (HEAD). SessionExpired when the session cannot go on."""
+        reauthed = False
         attempt = 0
         while True:
+            token = await self.gw.access_token()
             try:
-                return await self._in_thread(work)
+                return await self._in_thread(partial(self._head, session, token))
+            except Unauthenticated:
+                if reauthed:
+                    raise
+                reauthed = True
+                await self.gw.authenticate(stale=token)
             except _Transient as t:
                 if attempt >= self.retries:
                     raise t.error from None
                 await self._pause(attempt)
                 attempt += 1
+
+    def _head(self, session: TusSession, token: Secret, stop: threading.Event) -> int:
+        headers = _headers(token, session.token)
+        headers["Tus-Resumable"] = "1.0.0"
+        try:
+            resp = self.pool.request("HEAD", session.url, headers=headers, redirect=False)
+        except Urllib3Error as e:
+            raise _Transient(_transport_error(e, op="upload", path=session.ref)) from None
+        if resp.status not in (200, 204):
+            raise _tus_error(resp.status, session)
+        value = resp.headers.get("Upload-Offset", "")
+        if not value.isdigit():
+            raise ServerError("HEAD without Upload-Offset", op="upload", path=session.ref)
+        return int(value)
 
     async def tus_upload(
         self,
@@ -538,6 +583,7 @@ class Transfer:
         offset = await self.tus_offset(session) if resume else session.offset
         sent = 0
         attempt = 0
+        reauthed = False
         while offset < session.length:
             if max_bytes is not None and sent >= max_bytes:
                 return TusSession(session.url, session.token, session.length, offset, session.ref)
@@ -551,6 +597,12 @@ class Transfer:
 
             try:
                 new_offset, result = await self._in_thread(work)
+            except Unauthenticated:
+                if reauthed:
+                    raise
+                reauthed = True
+                await self.gw.authenticate(stale=token)
+                continue
             except _Transient as t:
                 if attempt >= self.retries:
                     raise t.error from None
@@ -583,7 +635,7 @@ class Transfer:
                 "PATCH", session.url, headers, own, start, size, stop, session.ref
             )
             if status not in (200, 201, 204):
-                err = _http_error(status, op="upload", path=session.ref)
+                err = _tus_error(status, session)
                 if status in (502, 503, 504):
                     raise _Transient(err)
                 raise err
@@ -592,6 +644,17 @@ class Transfer:
             return new, _upload_result(rheaders)
         finally:
             os.close(own)
+
+
+def _tus_error(status: int, session: TusSession) -> MeshError:
+    if status in (403, 404, 410):
+        return SessionExpired(
+            f"HTTP {status}: upload session expired or unknown, start a new upload",
+            op="upload",
+            path=session.ref,
+            code=f"HTTP_{status}",
+        )
+    return _http_error(status, op="upload", path=session.ref)
 
 
 def _done_with(resp: Any) -> None:

@@ -318,11 +318,16 @@ class UploadResult:
 
 @dataclass(frozen=True, slots=True)
 class DownloadTicket:
-    """Where and with which transfer token to GET one file; valid until the token expires."""
+    """Where and with which transfer token to GET one file. Reusable for many ranged reads; after
+    `expires_at` (or when the data gateway refuses the token) read_range asks for a new one itself
+    when `ref` is known, but callers that read a lot should keep the renewed ticket
+    (Transfer.fresh_ticket) to save the InitiateFileDownload round trip."""
 
     url: str
     token: Secret
     expires_at: float  # trio clock time after which a new ticket must be asked for
+    ref: Ref | None = None
+    lock_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,16 @@ import pytest
 import trio
 from cs3_helpers import fd_of, open_client, sha256_file  # type: ignore[import-not-found]
 
-from meshfs.cs3 import DownloadTicket, Transfer, TusSession
-from meshfs.errors import AlreadyExists, EtagMismatch, FailedPrecondition, ServerUnavailable, Timeout
+from meshfs.cs3 import DownloadTicket, Secret, Transfer, TusSession
+from meshfs.errors import (
+    AlreadyExists,
+    EtagMismatch,
+    FailedPrecondition,
+    PermissionDenied,
+    ServerUnavailable,
+    SessionExpired,
+    Timeout,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -323,3 +331,43 @@ async def test_tus_wrong_offset_is_a_clear_error(einstein, workdir, make_file, s
         assert "HTTP_409" in str(exc.value)
     finally:
         tr.close()
+
+
+async def test_expired_ticket_and_refused_tokens_recover(einstein, workdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tr, gw = einstein.transfer, einstein.gw
+    src = tmp_path / "s"
+    src.write_bytes(b"0123456789")
+    ref = workdir.child("tok.txt")
+    with fd_of(src) as fd:
+        await tr.upload(ref, fd, 10)
+    ticket = await tr.initiate_download(ref)
+    dst = tmp_path / "d"
+    with fd_of(dst, write=True) as fd:
+        # a ticket past its lifetime is renewed before use
+        old = DownloadTicket(ticket.url, ticket.token, trio.current_time() - 1, ticket.ref)
+        assert await tr.read_range(old, fd, offset=2, length=3) == 3
+        # a transfer token the data gateway refuses (HTTP 403) → one new ticket
+        refused = DownloadTicket(ticket.url, Secret("not-a-transfer-token"), ticket.expires_at, ticket.ref)
+        assert await tr.read_range(refused, fd, offset=0, length=10) == 10
+        # ... unless the ticket cannot be renewed (no reference)
+        with pytest.raises(PermissionDenied):
+            await tr.read_range(DownloadTicket(ticket.url, Secret("x"), ticket.expires_at), fd)
+        # an access token refused by HTTP (401) → one new login
+        before = gw.auth_count
+        gw._token = Secret("garbage.token.value")
+        assert await tr.read_range(ticket, fd, offset=0, length=10) == 10
+        assert gw.auth_count == before + 1
+    assert dst.read_bytes() == b"0123456789"
+
+    with fd_of(src) as fd:
+        gw._token = Secret("garbage.token.value")
+        gw._verified_at = None
+        await tr.upload(ref, fd, 10)  # the gRPC side notices (InitiateFileUpload) and logs in again
+        session = await tr.start_tus(workdir.child("tus-tok.bin"), 10)
+        gw._token = Secret("garbage.token.value")
+        assert await tr.tus_offset(session) == 0  # HTTP 401 → new login
+        dead = TusSession(session.url, Secret("expired-transfer-token"), 10, 0, session.ref)
+        with pytest.raises(SessionExpired, match="start a new upload"):
+            await tr.tus_offset(dead)
+        with pytest.raises(SessionExpired):
+            await tr.tus_upload(dead, fd, resume=False)
