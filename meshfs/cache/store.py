@@ -1397,6 +1397,8 @@ class CacheFile:
             what = f"writing {pending.path if pending else e.key}"
             fd = self.fd
             old_size = e.size
+            if n == 0:
+                return 0  # POSIX: a zero-length write changes nothing, not even the size
             for attempt in (1, 2):
                 try:
                     view = memoryview(data).cast("B")

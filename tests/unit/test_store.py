@@ -233,6 +233,7 @@ def test_writes_need_journal_and_follow_posix(cache_dir: Path) -> None:
         rec = store.mark_dirty("new:1", path="/home/a.txt", resource_id=None, base_etag=None)
         assert rec.state is PendingState.DIRTY and rec.resource_id is None
         f.write(0, b"hello")
+        assert f.write(100, b"") == 0 and f.size == 5  # a zero-length write does not extend
         f.write(10, b"world")  # leaves a hole that reads as zeros
         assert f.size == 15 and f.read(0, 100) == b"hello\0\0\0\0\0world"
         f.truncate(3)
