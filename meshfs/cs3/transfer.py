@@ -17,6 +17,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -399,6 +400,8 @@ class Transfer:
 
             try:
                 return await self._in_thread(work)
+            except FailedPrecondition as e:
+                raise _etag_mismatch(e) if if_match else e from None
             except Unauthenticated:  # HTTP 401: our access token was refused
                 if reauthed:
                     raise
@@ -530,7 +533,7 @@ class Transfer:
         if "tus" not in protos:
             raise ServerError(f"no tus upload offered ({', '.join(protos)})", op="upload", path=str(ref))
         url, transfer = protos["tus"]
-        return TusSession(url, transfer, length, 0, str(ref))
+        return TusSession(url, transfer, length, 0, str(ref), if_match or "")
 
     async def tus_offset(self, session: TusSession) -> int:
         """How many bytes the server has (HEAD). SessionExpired when the session cannot go on."""
@@ -586,7 +589,7 @@ class Transfer:
         reauthed = False
         while offset < session.length:
             if max_bytes is not None and sent >= max_bytes:
-                return TusSession(session.url, session.token, session.length, offset, session.ref)
+                return replace(session, offset=offset)
             size = min(chunk_size, session.length - offset)
             token = await self.gw.access_token()
 
@@ -597,6 +600,8 @@ class Transfer:
 
             try:
                 new_offset, result = await self._in_thread(work)
+            except FailedPrecondition as e:
+                raise _etag_mismatch(e) if session.if_match else e from None
             except Unauthenticated:
                 if reauthed:
                     raise
@@ -644,6 +649,14 @@ class Transfer:
             return new, _upload_result(rheaders)
         finally:
             os.close(own)
+
+
+def _etag_mismatch(e: FailedPrecondition) -> MeshError:
+    """An upload carrying if_match that ends in HTTP 412: Reva checked the etag again when the data
+    was complete and someone else had written in between."""
+    if isinstance(e, EtagMismatch) or e.code != "HTTP_412":
+        return e
+    return EtagMismatch("the file changed on the server during the upload", op=e.op, path=e.path, code=e.code)
 
 
 def _tus_error(status: int, session: TusSession) -> MeshError:

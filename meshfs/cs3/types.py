@@ -343,6 +343,7 @@ class TusSession:
     length: int
     offset: int = 0
     ref: str = ""  # informative: the reference string the upload was initiated for
+    if_match: str = ""  # the etag precondition of the upload (the server checks it again at the end)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -352,20 +353,22 @@ class TusSession:
                 "length": self.length,
                 "offset": self.offset,
                 "ref": self.ref,
+                "if_match": self.if_match,
             },
             sort_keys=True,
         )
 
     @classmethod
     def from_json(cls, text: str) -> TusSession:
-        d: Any = json.loads(text)
         try:
+            d: Any = json.loads(text)
             return cls(
                 str(d["url"]),
                 Secret(str(d["token"])),
                 int(d["length"]),
                 int(d.get("offset", 0)),
                 str(d.get("ref", "")),
+                str(d.get("if_match", "")),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a tus session record: {e}") from None

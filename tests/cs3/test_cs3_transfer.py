@@ -371,3 +371,23 @@ async def test_expired_ticket_and_refused_tokens_recover(einstein, workdir, tmp_
             await tr.tus_offset(dead)
         with pytest.raises(SessionExpired):
             await tr.tus_upload(dead, fd, resume=False)
+
+
+async def test_tus_etag_rechecked_at_the_end(einstein, workdir, make_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Someone writes between our InitiateFileUpload (if_match ok then) and our last PATCH: Reva
+    answers 412 at the end; that is an EtagMismatch (a conflict), and their version stays."""
+    size = 3 * MiB
+    src = make_file(size)
+    ref = workdir.child("race.bin")
+    other = tmp_path / "other"
+    other.write_bytes(b"their version")
+    with fd_of(src) as fd:
+        first = await einstein.transfer.upload(ref, fd, size)
+        session = await einstein.transfer.start_tus(ref, size, if_match=first.etag)
+        assert TusSession.from_json(session.to_json()).if_match == first.etag
+        with fd_of(other) as ofd:
+            theirs = await einstein.transfer.upload(ref, ofd, 13)
+        with pytest.raises(EtagMismatch):
+            await einstein.transfer.tus_upload(session, fd, chunk_size=2 * MiB)
+    info = await einstein.storage.stat(ref)
+    assert info.size == 13 and info.etag == theirs.etag
