@@ -536,6 +536,7 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
             "idp": stack.idp,
         }
         stack.stackfile.write_text(json.dumps(record))
+        _rotate_log(stack)
         env = dict(os.environ)
         env["TMPDIR"] = str(stack.var_dir / "tmp")  # revad drops one pid file per config there
         with open(stack.logfile, "ab") as log:
@@ -564,6 +565,13 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
             raise
         print(_describe(stack, proc.pid))
         return proc.pid
+
+
+def _rotate_log(stack: Stack, limit: int = 64 << 20) -> None:
+    """Keep one old log: at start-up a log above `limit` bytes becomes revad.log.1."""
+    with contextlib.suppress(FileNotFoundError):
+        if stack.logfile.stat().st_size > limit:
+            os.replace(stack.logfile, stack.logfile.with_name(stack.logfile.name + ".1"))
 
 
 def _warn_if_stale(stack: Stack, extra: dict[str, str] | None) -> None:
