@@ -297,6 +297,7 @@ class Gateway:
                 if reauthed or not await self._token_refused(token, e.code or "", e.message):
                     raise
                 reauthed = True
+                log.debug("%s: token refused (%s), re-authenticating", op, e.code)
                 await self.authenticate(stale=token)
                 continue
             statuses = [r.status for r in res] if stream else [res.status]
@@ -310,6 +311,7 @@ class Gateway:
                 and await self._token_refused(token, code_pb2.Code.Name(bad.code), bad.message)
             ):
                 reauthed = True
+                log.debug("%s: token refused (%s), re-authenticating", op, code_pb2.Code.Name(bad.code))
                 await self.authenticate(stale=token)
                 continue
             raise self._cs3_error(bad, op=op, path=path)
@@ -329,7 +331,6 @@ class Gateway:
         if res.status.code == _CODE_OK:
             self._verified_at = now
             return False
-        log.debug("token refused (%s), re-authenticating", code_pb2.Code.Name(res.status.code))
         return True
 
     def _cs3_error(self, status: Any, *, op: str, path: str | None) -> MeshError:

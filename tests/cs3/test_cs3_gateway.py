@@ -151,3 +151,39 @@ async def test_hung_gateway_times_out(reva, proxy_factory) -> None:  # type: ign
         await gw.aclose()
     # gRPC reports a never-finished handshake as UNAVAILABLE, a silent server as DEADLINE_EXCEEDED
     assert "after 3 attempts" in str(exc.value)
+
+
+async def test_no_secret_in_debug_logs(reva, caplog, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from cs3_helpers import fd_of  # type: ignore[import-not-found]
+
+    from meshfs.cs3 import Transfer
+
+    caplog.set_level(logging.DEBUG)
+    bad = Gateway(reva.gateway, BasicCredentials("einstein", Secret("wrong-password-xyz")))
+    with pytest.raises(Unauthenticated):
+        await bad.open()
+    await bad.aclose()
+    gw = Gateway(reva.gateway, BasicCredentials("einstein", Secret("relativity")))
+    tr = Transfer(gw)
+    try:
+        await gw.open()
+        first = (await gw.access_token()).reveal()
+        gw._token, gw._verified_at = Secret("garbage.token.value"), None
+        home = await Storage(gw).get_home()
+        src = tmp_path / "f"
+        src.write_bytes(b"x" * 2_000_000)
+        with fd_of(src) as fd:
+            await tr.upload(home.child("log-check.bin"), fd, 2_000_000)
+        with fd_of(tmp_path / "g", write=True) as fd:
+            await tr.download(home.child("log-check.bin"), fd)
+        await Storage(gw).delete(home.child("log-check.bin"))
+        second = (await gw.access_token()).reveal()
+    finally:
+        tr.close()
+        await gw.aclose()
+    text = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert "re-authenticating" in text  # the log did capture our debug lines
+    for secret in ("wrong-password-xyz", "relativity", first, second, "garbage.token.value"):
+        assert secret not in text
