@@ -19,6 +19,7 @@ import pytest
 import urllib3
 from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
 from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+from cs3.identity.group.v1beta1 import group_api_pb2 as ga
 from cs3.rpc.v1beta1 import code_pb2
 from cs3.sharing.collaboration.v1beta1 import collaboration_api_pb2 as col
 from cs3.sharing.collaboration.v1beta1 import resources_pb2 as colr
@@ -337,3 +338,17 @@ def test_single_stack_answers_ocm_lists_empty(reva: RevaStack, channel: grpc.Cha
     assert list(received.shares) == []
     sent = s.stub.ListOCMShares(ocm.ListOCMSharesRequest(), metadata=s.md, timeout=DEADLINE_S)
     assert sent.status.code == code_pb2.CODE_OK, sent.status
+
+
+def test_groups_resolve_with_member_ids(reva: RevaStack, channel: grpc.Channel) -> None:
+    """groups.json members are plain UserIds (a nested {"id": …} would silently decode to empty ids)."""
+    s = login(channel, reva.einstein)
+    assert set(s.user.user.groups) == {"sailing-lovers", "violin-haters", "physics-lovers"}
+    query = ga.Filter(type=ga.Filter.TYPE_QUERY, query="physics")
+    found = s.stub.FindGroups(ga.FindGroupsRequest(filters=[query]), metadata=s.md, timeout=DEADLINE_S)
+    assert found.status.code == code_pb2.CODE_OK, found.status
+    assert [g.group_name for g in found.groups] == ["physics-lovers"]
+    members = found.groups[0].members
+    assert len(members) == 3
+    assert all(m.opaque_id and m.idp == s.user.user.id.idp for m in members)
+    assert s.user.user.id.opaque_id in [m.opaque_id for m in members]
