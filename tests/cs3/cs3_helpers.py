@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -54,6 +57,7 @@ class CuttingProxy:
     die_on_cut: bool = False
     blackhole: bool = False  # accept and swallow everything, never answer (a hung server)
     delay: float = 0.0  # pause before relaying each server->client piece (a slow server)
+    tls: ssl.SSLContext | None = None  # terminate TLS with this server context (a TLS front end)
     port: int = 0
     connections: int = 0
     cuts: int = 0
@@ -66,9 +70,12 @@ class CuttingProxy:
             task_status.started()
             async with trio.open_nursery() as n:
                 for lst in listeners:
-                    n.start_soon(trio.serve_listeners, self._handle, [lst])
+                    wrapped: trio.abc.Listener[Any] = (
+                        lst if self.tls is None else trio.SSLListener(lst, self.tls, https_compatible=True)
+                    )
+                    n.start_soon(trio.serve_listeners, self._handle, [wrapped])
 
-    async def _handle(self, client: trio.SocketStream) -> None:
+    async def _handle(self, client: Any) -> None:
         self.connections += 1
         limit = self.cut_after
         if self.blackhole:
@@ -128,3 +135,14 @@ def fd_of(path: Path, *, write: bool = False) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for "localhost" and its key (openssl CLI); returns (cert, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key

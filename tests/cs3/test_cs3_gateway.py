@@ -8,7 +8,7 @@ import trio
 from cs3_helpers import CuttingProxy  # type: ignore[import-not-found]
 
 from meshfs.cs3 import BasicCredentials, BearerCredentials, Gateway, Ref, Secret, Storage
-from meshfs.errors import NotFound, ServerUnavailable, Unauthenticated
+from meshfs.errors import MeshError, NotFound, ServerUnavailable, Unauthenticated
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -187,3 +187,35 @@ async def test_no_secret_in_debug_logs(reva, caplog, tmp_path) -> None:  # type:
     assert "re-authenticating" in text  # the log did capture our debug lines
     for secret in ("wrong-password-xyz", "relativity", first, second, "garbage.token.value"):
         assert secret not in text
+
+
+async def test_tls_with_ca_file(reva, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """TLS end to end: a TLS front end (self-signed, openssl) in front of the dev gateway."""
+    import shutil
+    import ssl
+
+    from cs3_helpers import make_tls_files  # type: ignore[import-not-found]
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI missing: cannot make a test certificate (apt-get install openssl)")
+    cert, key = make_tls_files(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2"])
+    port = int(reva.gateway.rpartition(":")[2])
+    proxy: CuttingProxy = await proxy_factory(port, tls=ctx)  # type: ignore[assignment]
+    creds = BasicCredentials("einstein", Secret("relativity"))
+    gw = Gateway(f"localhost:{proxy.port}", creds, tls=True, ca_file=str(cert))
+    try:
+        await gw.open()
+        assert (await Storage(gw).get_home()).path.startswith("/users/")
+    finally:
+        await gw.aclose()
+    # without the CA the system trust store refuses the self-signed certificate: a clear error, bounded
+    untrusted = Gateway(f"localhost:{proxy.port}", creds, tls=True, retries=1, backoff=0.01, call_timeout=5)
+    with trio.fail_after(30), pytest.raises(ServerUnavailable):
+        await untrusted.open()
+    await untrusted.aclose()
+    missing = Gateway(f"localhost:{proxy.port}", creds, ca_file=str(tmp_path / "nope.pem"))
+    with pytest.raises(MeshError, match="cannot read CA file"):
+        await missing.open()
