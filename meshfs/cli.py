@@ -403,6 +403,12 @@ def start_background(loaded: LoadedMount, argv: Sequence[str]) -> int:
     os.close(log_fd)
     try:
         line = _read_ready_line(read_end, READY_TIMEOUT)
+    except KeyboardInterrupt:
+        # the user gave up waiting: do not leave a half-started daemon behind
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+        _reap(child, 30.0)
+        raise
     finally:
         os.close(read_end)
     if line.startswith("READY"):
@@ -498,6 +504,11 @@ def cmd_umount(ns: argparse.Namespace) -> int:
         raise Failure(
             f"the daemon of {entry.mountpoint} (pid {entry.pid}) is still draining after {ns.timeout:g} s; "
             f"wait, or: meshfs umount --force {entry.mountpoint}"
+        )
+    if entry.mountpoint in daemon.mounted_filesystems():
+        raise Failure(
+            f"the daemon of {entry.mountpoint} exited but the mount is still there; "
+            f"use: meshfs umount --lazy {entry.mountpoint}"
         )
     return 0
 

@@ -111,13 +111,16 @@ def socket_path_for(mountpoint: str | os.PathLike[str]) -> Path:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone
+    (or a zombie)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may contain spaces or ')'
     rest = raw[raw.rindex(b")") + 2 :].split()
+    if rest and rest[0] in (b"Z", b"X"):
+        return None  # exited; a zombie nobody reaped yet (containers without an init) is gone too
     try:
         return int(rest[19])
     except (IndexError, ValueError):

@@ -419,7 +419,7 @@ class Daemon:
                 entry = await self._start(nursery)
                 if entry is None:  # stopped by a signal while starting
                     nursery.cancel_scope.cancel()
-                    return 1
+                    return self._fail(f"stopped by {self._stop_reason} before the mount was live")
                 await self._stop.wait()
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
@@ -427,12 +427,17 @@ class Daemon:
             if entry is not None:
                 control.unregister(entry)
                 entry = None
-            failure = _first(exc, (StartupError, MeshError, OSError))
-            if failure is None:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             await self._emergency_unmount()
+            failure = _first(exc, (StartupError, MeshError, OSError, trio.TooSlowError))
+            if failure is None:
+                log.error("internal error", exc_info=exc)
+                return self._fail(f"internal error: {_one_line(exc)} (traceback in the log)")
             message = _one_line(failure)
-            if isinstance(failure, OSError) and not isinstance(failure, MeshError) and failure.filename:
+            if isinstance(failure, trio.TooSlowError):
+                message = "the kernel did not start the FUSE session within 30 s"
+            elif isinstance(failure, OSError) and not isinstance(failure, MeshError) and failure.filename:
                 message = f"{failure.filename}: {failure.strerror}"
             return self._fail(message)
         finally:

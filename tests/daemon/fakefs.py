@@ -8,6 +8,7 @@ behaviour is steered by environment variables and every call is appended to an e
                              "sync PATH", "command NAME ARGS-JSON", "status", "destroy")
   FAKEFS_START_ERROR=TEXT    start() raises MeshError(TEXT) (a refused login, a dead server)
   FAKEFS_START_BLOCK=1       start() waits forever (a server that does not answer)
+  FAKEFS_START_SECONDS=S     start() takes S seconds (a slow login / journal replay)
   FAKEFS_DRAIN_SECONDS=S     drain() takes S seconds (pending uploads), on trio's clock
   FAKEFS_SYNC_FAILURES=A;B   sync() reports these failures
 Must not import: meshfs.vfs, meshfs.cs3 (it replaces them).
@@ -124,6 +125,7 @@ class FakeFilesystem:
         event("start")
         if os.environ.get("FAKEFS_START_BLOCK"):
             await trio.sleep_forever()
+        await trio.sleep(float(os.environ.get("FAKEFS_START_SECONDS", "0")))
         error = os.environ.get("FAKEFS_START_ERROR")
         if error:
             raise Unauthenticated(error, op="authenticate")
