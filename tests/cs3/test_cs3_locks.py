@@ -106,3 +106,31 @@ async def test_lock_conflicts_between_two_users(einstein, marie, workdir, tmp_pa
             await marie.storage.unlock(mf, "M1")
         finally:
             await einstein.shares.remove_share(share.id)
+
+
+async def test_lock_kinds_expiry_and_id_swap(einstein, marie, workdir) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    st = einstein.storage
+    f = workdir.child("kinds.txt")
+    await st.touch_file(f)
+    # every kind is exclusive on decomposedfs: even two SHARED locks conflict
+    for kind in LockKind:
+        await st.set_lock(f, f"K-{kind.value}", kind=kind)
+        assert (await st.get_lock(f)).kind is kind
+        with pytest.raises(FailedPrecondition):
+            await st.set_lock(f, "other", kind=kind)
+        await st.unlock(f, f"K-{kind.value}", kind=kind)
+    # a lock without expiration stays; refresh can swap the id (existing_lock_id)
+    await st.set_lock(f, "OLD")
+    assert (await st.get_lock(f)).expiration is None
+    await st.refresh_lock(f, "NEW", existing_lock_id="OLD")
+    assert (await st.get_lock(f)).lock_id == "NEW"
+    await st.unlock(f, "NEW")
+    # an expired lock vanishes by itself
+    await st.set_lock(f, "SHORT", expiration=time.time() + 1.0)
+    with trio.fail_after(15):
+        while await st.get_lock(f) is not None:
+            await trio.sleep(0.1)
+    await st.set_lock(f, "AFTER")  # free again
+    await st.unlock(f, "AFTER")
