@@ -521,7 +521,9 @@ def _ops(seed: int, nops: int) -> Iterator[tuple[object, ...]]:
     rng = random.Random(seed)
     for i in range(nops):
         key = f"f{rng.randrange(6)}"
-        kind = rng.choice(["fill", "fill", "write", "write", "write", "truncate", "clean", "rename"])
+        kind = rng.choice(
+            ["fill", "fill", "write", "write", "write", "truncate", "clean", "rename", "forget"]
+        )
         if kind == "fill":
             yield ("fill", key, rng.randrange(0, 300_000), rng.randrange(1, 60_000))
         elif kind == "write":
@@ -530,6 +532,8 @@ def _ops(seed: int, nops: int) -> Iterator[tuple[object, ...]]:
             yield ("truncate", key, rng.randrange(0, 330_000))
         elif kind == "clean":
             yield ("clean", key, f"E{i}")
+        elif kind == "forget":
+            yield ("forget", key, None)
         else:
             yield ("rename", key, f"/home/r{i}")
 
@@ -617,6 +621,11 @@ def _apply(model: _Model, op: tuple[object, ...], store: CacheStore | None, hand
         if store is not None:
             store.rename_path(m.path, new)
         m.path = new
+    elif kind == "forget":  # deleted locally: must never come back
+        if store is not None:
+            store.forget(key)
+            handles.pop(key).close()
+        del model.files[key]
 
 
 def _crash_child(directory: str, seed: int, nops: int, ack: str, sync_journal: bool) -> None:
@@ -668,13 +677,19 @@ def _check_reopened(directory: Path, seed: int, acked: int) -> None:
 
     with opened(directory, limit=1 << 40) as store:
         pending = {p.key: p for p in store.pending()}
-        for key in set(states[0]) | set(states[1]):
+        known = set(states[0]) | set(states[1])
+        ghosts = {k for k in pending if k not in known} | {
+            k for k in store._entries if k not in known and store._entries[k].present
+        }
+        assert not ghosts, f"seed {seed} acked {acked}: forgotten files came back: {ghosts}"
+        for key in known:
             options = [s[key] for s in states if key in s]
-            if key not in states[0]:  # first touched by the op in flight: may not exist at all
+            if key not in states[0] or key not in states[1]:
+                # created or forgotten by the op in flight: may not exist at all
                 options.append((None, False, None, b"", RangeSet(), None, None))
             contents = [bytes(o[3]) for o in options]  # type: ignore[arg-type]
             p = pending.get(key)
-            m = after.files[key]
+            m = after.files.get(key) or before.files[key]
             f = store.open_file(key, size=0 if m.dirty else m.size, etag=m.etag)
             try:
                 got_ranges = f.present
