@@ -485,6 +485,18 @@ class CacheStore:
     files that are open, ranges away from the last read position) to stay below it; dirty data is
     never evicted. Writers call `ensure_space(n)` (or `SpaceWaiter.reserve`) before adding n bytes.
 
+    The intended call sequences (each call in a worker thread where marked blocking above):
+      read miss   f = open_file(key, size=, etag=) → e = f.epoch → transfer writes f.missing(window)
+                  pieces into f.fd at their offsets → f.mark_present(off, n, epoch=e) → f.read()
+                  (retry the fill on NotPresent: the range was evicted/invalidated meanwhile)
+      write       mark_dirty(key, path=, resource_id=, base_etag=) once → [SpaceWaiter.reserve(grow)]
+                  → f.write() / f.truncate() → f.close()
+      upload      g = f.generation (before reading any data) → f.sync_data() → fill f.missing(0,
+                  f.size) from the base version → upload → mark_clean(key, g, etag=new) — False
+                  means it was written again meanwhile: upload again later
+      delete      forget(key); rename: rename_path(old, new); new file got its id: rekey(old, new)
+      daemon      checkpoint() every few seconds; close() at exit
+
     `sync_journal=True` fsyncs every journal transition before returning (two fsyncs per transition,
     ~5 ms each on this class of disk); the default relies on `checkpoint()` being called every few
     seconds (see the module docstring, "Durability").
