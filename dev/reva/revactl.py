@@ -88,6 +88,7 @@ class Stack:
     domain: str  # OCM provider domain ("localhost" for the main stack, which has no OCM)
     profile: str  # "main", or "ocm" (main + invites, ocmd, OCM shares, /ocm storage)
     idp: str  # idp of the demo users' ids
+    token_expires: int  # lifetime in seconds of the access tokens the gateway mints
 
     @property
     def conf_dir(self) -> Path:
@@ -188,7 +189,10 @@ def _make_stack(
     bin_env = os.environ.get("REVA_BIN", "").strip()
     binary = Path(bin_env).resolve() if bin_env else DEFAULT_BIN
     level = os.environ.get("REVA_LOG_LEVEL", "").strip() or "info"
-    return Stack(name, var_dir, ports, binary, level, domain, profile, idp)
+    expires = _env_int("REVA_TOKEN_EXPIRES", 86400)
+    if expires < 1:
+        raise RevactlError(f"REVA_TOKEN_EXPIRES={expires}: give a lifetime in seconds >= 1")
+    return Stack(name, var_dir, ports, binary, level, domain, profile, idp, expires)
 
 
 def recorded_stack(stack: Stack) -> Stack:
@@ -378,6 +382,7 @@ def template_values(stack: Stack, extra: dict[str, str] | None = None) -> dict[s
         "USERS_PROVIDER_ID": USERS_PROVIDER_ID,
         "DOMAIN": stack.domain,
         "IDP": stack.idp,
+        "TOKEN_EXPIRES": str(stack.token_expires),
     }
     values.update({f"{k.upper()}_PORT": str(v) for k, v in stack.ports.items()})
     values.update(extra or {})
@@ -679,6 +684,7 @@ environment (main stack):
   REVA_GATEWAY_PORT (19000) REVA_HTTP_PORT (19001) REVA_USERS_PORT (11000) REVA_USERS_HTTP_PORT (11001)
   REVA_SHARES_PORT (14000) REVA_PUBLIC_PORT (13000)
   REVA_BIN (.cache/bin/revad)  REVA_LOG_LEVEL (info)  REVA_UP_TIMEOUT (90 s)
+  REVA_TOKEN_EXPIRES (86400 s: lifetime of the access tokens the gateway mints)
 --ocm: the two OCM instances ocm-cernbox (domain cernbox.local, ports +100) and ocm-cesnet (cesnet.local,
 ports +200); `env --ocm` prints REVA_CERNBOX_* and REVA_CESNET_*. See dev/reva/NOTES.md.
 """

@@ -1,19 +1,29 @@
 """Tests of dev/reva/revactl's own behaviour: lifecycle, idempotency, env output, refusals, clear errors.
 
 Owns the contract of the dev-stack script that the Makefile, the fixtures and other engineers rely on.
-Runs a private instance in tmp_path on free ports; imports nothing from meshfs.
+Runs a private instance in tmp_path on free ports; talks to it with grpc/cs3apis where a check needs
+the server; imports nothing from meshfs.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
+from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+from cs3.rpc.v1beta1 import code_pb2
+from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
+from cs3.storage.provider.v1beta1 import resources_pb2 as spr
 
 REPO = Path(__file__).resolve().parents[2]
 REVACTL = REPO / "dev" / "reva" / "revactl"
@@ -150,3 +160,38 @@ def test_env_is_shell_quoted(tmp_path: Path) -> None:
     out = run(env, "env").stdout
     line = next(x for x in out.splitlines() if x.startswith("REVA_VAR_DIR="))
     assert shlex.split(line.partition("=")[2]) == [str(odd)]
+
+
+def test_short_token_lifetime_and_what_reva_answers_after_expiry(private_env: dict[str, str]) -> None:
+    """REVA_TOKEN_EXPIRES sets the gateway's token lifetime; pins how Reva refuses an expired token."""
+    env = dict(private_env, REVA_TOKEN_EXPIRES="2")
+    started = run(env, "up")
+    assert started.returncode == 0, started.stdout + started.stderr
+    gateway = f"127.0.0.1:{19000 + int(env['REVA_PORT_OFFSET'])}"
+    with grpc.insecure_channel(gateway) as channel:
+        stub = gw_grpc.GatewayAPIStub(channel)
+        auth = stub.Authenticate(
+            gw.AuthenticateRequest(type="basic", client_id="einstein", client_secret="relativity"), timeout=30
+        )
+        assert auth.status.code == code_pb2.CODE_OK, auth.status
+        payload = auth.token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert claims["exp"] - claims["iat"] == 2
+        md = [("x-access-token", auth.token)]
+        home = stub.GetHome(sp.GetHomeRequest(), metadata=md, timeout=30)
+        assert home.status.code == code_pb2.CODE_OK, home.status
+
+        deadline = time.monotonic() + 30  # expiry (2 s) + Reva's 5 s leeway, polled, bounded
+        while stub.WhoAmI(gw.WhoAmIRequest(token=auth.token), timeout=30).status.code == code_pb2.CODE_OK:
+            assert time.monotonic() < deadline, "token still accepted 30 s after a 2 s lifetime"
+            time.sleep(0.2)
+        assert stub.WhoAmI(gw.WhoAmIRequest(token=auth.token), timeout=30).status.code == (
+            code_pb2.CODE_UNAUTHENTICATED
+        )
+        # calls with the expired token: a CS3 NOT_FOUND status, or a gRPC UNKNOWN error; never UNAUTHENTICATED
+        stat = stub.Stat(sp.StatRequest(ref=spr.Reference(path=home.path)), metadata=md, timeout=30)
+        assert stat.status.code == code_pb2.CODE_NOT_FOUND, stat.status
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetHome(sp.GetHomeRequest(), metadata=md, timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        assert "user not found in context" in (err.value.details() or "")
