@@ -6,7 +6,9 @@ descriptor at an offset (os.pread/os.pwrite of bounded chunks); a whole file is 
 Must not import: vfs/, fuse/, cache/, httpx. Protobuf and urllib3 stay inside meshfs/cs3/.
 
 Worker threads work on a dup() of the caller's descriptor, so a cancelled transfer (abandoned thread,
-stopped at the next chunk) can never write into a descriptor number the caller has since reused.
+stopped at its next step) can never write into a descriptor number the caller has since reused, and a
+download checks for cancellation between receiving a chunk and writing it, so nothing lands in the
+file after the cancelled call returned (short of the microseconds of one pwrite in progress).
 """
 
 from __future__ import annotations
@@ -278,6 +280,8 @@ class Transfer:
                     if stop.is_set():
                         raise _Stopped
                     n = resp.readinto(buf)
+                    if stop.is_set():  # cancelled while we waited for the network: write nothing more
+                        raise _Stopped
                     if not n:
                         break
                     chunk = view[:n]

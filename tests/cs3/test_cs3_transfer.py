@@ -14,6 +14,7 @@ import trio
 from cs3_helpers import fd_of, open_client, sha256_file  # type: ignore[import-not-found]
 
 from meshfs.cs3 import DownloadTicket, Secret, Transfer, TusSession
+from meshfs.cs3.transfer import READ_CHUNK
 from meshfs.errors import (
     AlreadyExists,
     EtagMismatch,
@@ -287,12 +288,14 @@ async def test_cancelled_download_stops_its_thread(
                 with trio.move_on_after(0.3) as scope:
                     await tr.read_range(via, fd)
             assert scope.cancelled_caught
+            at_return = dst.stat().st_size
         # the worker thread notices within one chunk and gives its slot back
         with trio.fail_after(20):
             while tr.limiter.borrowed_tokens:
                 await trio.sleep(0.01)
         written = dst.stat().st_size
         assert 0 < written < size
+        assert written - at_return <= READ_CHUNK  # at most a write already in progress
     finally:
         tr.close()
 
