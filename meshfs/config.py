@@ -17,6 +17,7 @@ import difflib
 import os
 import re
 import stat
+import textwrap
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -538,6 +539,38 @@ def options_markdown() -> str:
     for o in OPTIONS:
         rows.append(f"| `{o.name}` | {o.type} | {_default_doc(o)} | {o.doc} |")
     return "\n".join(rows) + "\n"
+
+
+def options_text(width: int = 100) -> str:
+    """The option reference as plain text for `--help`: `  name=TYPE (default: X)` then the meaning."""
+    out = []
+    for o in OPTIONS:
+        out.append(f"  {o.name}={o.type.upper().replace(' ', '_')}  (default: {_default_doc(o)})")
+        out.extend(
+            textwrap.wrap(o.doc.replace("`", ""), width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        )
+    return "\n".join(out) + "\n"
+
+
+def example_toml(source: str = "cs3://USER@HOST:443") -> str:
+    """A config file with every option at its default, commented, e.g. for /etc/meshfs/NAME.toml."""
+    lines = ["# meshfs configuration: every option, at its default (uncomment to change)", ""]
+    for o in OPTIONS:
+        lines.extend(textwrap.wrap(o.doc.replace("`", ""), 98, initial_indent="# ", subsequent_indent="# "))
+        if o.name == "source":
+            lines.append(f'source = "{source}"')
+        elif o.default is None:
+            lines.append(f"# {o.name} = ...  ({_default_doc(o)})")
+        elif isinstance(o.default, bool):
+            lines.append(f"# {o.name} = {'true' if o.default else 'false'}")
+        elif isinstance(o.default, int | float) and o.type in ("size", "duration"):
+            lines.append(f'# {o.name} = "{_default_doc(o)}"')
+        elif isinstance(o.default, str):
+            lines.append(f'# {o.name} = "{o.default}"')
+        else:
+            lines.append(f"# {o.name} = {o.default}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ from meshfs.config import (
     ConfigError,
     Server,
     check_secret_file,
+    example_toml,
     load_config,
     options_markdown,
+    options_text,
     parse_duration,
     parse_mount_options,
     parse_size,
@@ -210,3 +212,24 @@ def test_options_markdown_documents_every_option() -> None:
     # every Config field except the derived ones has an option
     fields = set(Config.__dataclass_fields__) - {"server", "config_file"}
     assert fields == {o.name for o in OPTIONS} - {"source"}
+
+
+def test_example_toml_and_help_text_cover_every_option(tmp_path: Path) -> None:
+    text = example_toml(SRC)
+    for option in OPTIONS:
+        assert f"{option.name} =" in text
+    # uncommenting every default gives the same config as the defaults
+    uncommented = "\n".join(
+        line[2:] if line.startswith("# ") and " = " in line and "..." not in line else line
+        for line in text.splitlines()
+    )
+    path = tmp_path / "all.toml"
+    path.write_text(uncommented)
+    loaded = load_config(config_file=path, require=(), env={"XDG_CACHE_HOME": "/c"})
+    plain = load_config(flags={"source": SRC}, require=(), env={"XDG_CACHE_HOME": "/c"})
+    from dataclasses import replace
+
+    assert replace(loaded, config_file=None) == plain
+    help_text = options_text()
+    for option in OPTIONS:
+        assert f"  {option.name}=" in help_text
