@@ -1573,6 +1573,8 @@ class SpaceWaiter:
 
     async def reserve(self, nbytes: int, *, timeout: float) -> None:
         """Wait until `nbytes` fit; DiskFull after `timeout` seconds (math.inf: wait forever)."""
+        if nbytes > self._store.limit:
+            raise DiskFull(f"cache: {nbytes} bytes can never fit in a cache of {self._store.limit} bytes")
         deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
         while True:
             event = self._event

@@ -406,6 +406,8 @@ async def test_space_waiter_times_out_with_enospc(cache_dir: Path) -> None:
             await waiter.reserve(1, timeout=0.2)
         assert info.value.errno == errno.ENOSPC
         assert trio.current_time() - start >= 0.2
+        with pytest.raises(DiskFull, match="can never fit"):
+            await waiter.reserve(2 * MiB, timeout=1000)
         waiter.close()
         f.close()
 
