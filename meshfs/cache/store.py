@@ -606,17 +606,14 @@ class CacheStore:
                     entry.present = entry.present.clip(entry.size)
                 entry.generation = entry.pending.generation + 1
                 entry.pending = replace(entry.pending, size=entry.size, generation=entry.generation)
-            elif disk_size is None or not trusted:
-                entry.present = RangeSet()
-                if disk_size is not None:
-                    os.truncate(data_path, 0)
-                    os.truncate(data_path, entry.size)
-                else:
-                    os.close(os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                    os.truncate(data_path, entry.size)
-                entry.meta_dirty = True
             else:
-                entry.present = entry.present.clip(min(entry.size, disk_size))
+                if disk_size is not None and trusted:
+                    entry.present = entry.present.clip(min(entry.size, disk_size))
+                else:
+                    entry.present = RangeSet()
+                if not entry.present:
+                    self._drop_files(name)  # a clean entry without data is worth nothing
+                    continue
                 if disk_size != entry.size:
                     os.truncate(data_path, entry.size)
             records.append((atime, entry))
@@ -1234,6 +1231,16 @@ class CacheStore:
             with self._lock:
                 entry.pins -= 1
                 last = entry.pins == 0
+                if last and entry.pending is None and not entry.present and not entry.detached:
+                    # nothing cached and nothing to upload: do not keep an empty entry around
+                    if self._entries.get(entry.key) is entry:
+                        self._entries.pop(entry.key)
+                    entry.detached = True
+                    entry.epoch += 1
+                    try:
+                        self._drop_files(entry.name)
+                    except OSError as exc:
+                        log.warning("cache: dropping empty entry %s: %s", entry.key, exc)
             if last and entry.fd is not None:
                 os.close(entry.fd)  # no descriptor outlives the handles (100k cached files)
                 entry.fd = None
