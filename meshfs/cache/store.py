@@ -162,11 +162,16 @@ class RangeSet:
 
     @classmethod
     def of(cls, intervals: Iterable[tuple[int, int]]) -> RangeSet:
-        """Build from (start, end) pairs in any order; empty pairs are ignored."""
-        result = cls()
-        for start, end in intervals:
-            result = result.add(start, end - start)
-        return result
+        """Build from (start, end) pairs in any order; empty pairs are ignored. O(n log n)."""
+        starts: list[int] = []
+        ends: list[int] = []
+        for start, end in sorted((s, e) for s, e in intervals if e > s):
+            if ends and start <= ends[-1]:
+                ends[-1] = max(ends[-1], end)
+            else:
+                starts.append(start)
+                ends.append(end)
+        return cls(tuple(starts), tuple(ends))
 
     @classmethod
     def full(cls, size: int) -> RangeSet:
@@ -230,10 +235,7 @@ class RangeSet:
         )
 
     def union(self, other: RangeSet) -> RangeSet:
-        result = self
-        for s, e in other:
-            result = result.add(s, e - s)
-        return result
+        return RangeSet.of([*self, *other])
 
     def difference(self, other: RangeSet) -> RangeSet:
         result = self
