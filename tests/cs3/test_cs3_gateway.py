@@ -155,6 +155,7 @@ async def test_hung_gateway_times_out(reva, proxy_factory) -> None:  # type: ign
 
 async def test_no_secret_in_debug_logs(reva, caplog, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import logging
+    import uuid
 
     from cs3_helpers import fd_of  # type: ignore[import-not-found]
 
@@ -172,13 +173,14 @@ async def test_no_secret_in_debug_logs(reva, caplog, tmp_path) -> None:  # type:
         first = (await gw.access_token()).reveal()
         gw._token, gw._verified_at = Secret("garbage.token.value"), None
         home = await Storage(gw).get_home()
+        name = f"log-check-{uuid.uuid4().hex[:8]}.bin"  # unique: parallel runs share the server
         src = tmp_path / "f"
         src.write_bytes(b"x" * 2_000_000)
         with fd_of(src) as fd:
-            await tr.upload(home.child("log-check.bin"), fd, 2_000_000)
+            await tr.upload(home.child(name), fd, 2_000_000)
         with fd_of(tmp_path / "g", write=True) as fd:
-            await tr.download(home.child("log-check.bin"), fd)
-        await Storage(gw).delete(home.child("log-check.bin"))
+            await tr.download(home.child(name), fd)
+        await Storage(gw).delete(home.child(name))
         second = (await gw.access_token()).reveal()
     finally:
         tr.close()
