@@ -99,7 +99,8 @@ async def test_trash_list_and_restore(einstein, workdir) -> None:  # type: ignor
     await st.touch_file(f)
     await st.delete(f)
     space_root = Ref.to((await st.stat(einstein.home)).id)
-    items = [it for it in await st.list_recycle(space_root) if it.path.endswith("/trashme.txt")]
+    where = f"/{workdir.path.rpartition('/')[2]}/trashme.txt"  # trash paths are relative to the space
+    items = [it for it in await st.list_recycle(space_root) if it.path == where]
     assert items, "deleted file not in the trash"
     await st.restore_recycle_item(space_root, items[-1])
     assert (await st.stat(f)).kind is Kind.FILE
