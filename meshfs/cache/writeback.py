@@ -1,0 +1,443 @@
+"""The write-back scheduler: uploads dirty cache files to the server after a quiet period.
+
+Owns: when and how a dirty file goes up — the delay after the last close (restarted by every new
+dirtying), the worker pool, tus chunked uploads that resume from the server's offset (the tus
+session is kept in the journal record, so a restarted daemon resumes it), etag preconditions
+(`if_match` = the etag our copy started from), conflict copies when the server copy moved on, retries
+with capped backoff for as long as it takes (the data never leaves the disk before it is durable on
+the server), and the barriers `flush(key)` (fsync) and `sync(prefix)` (`meshfs sync`, umount).
+
+Must not import: meshfs.fuse, meshfs.vfs, grpc/cs3apis/urllib3 (it talks to the server only through
+meshfs.cs3's Storage and Transfer and their plain values).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from meshfs.cache.store import CacheFile, CacheStore, PendingState, PendingUpload, StoreError
+from meshfs.cs3 import Ref, ResourceId, Storage, Transfer, TusSession, UploadResult
+from meshfs.errors import AlreadyExists, EtagMismatch, MeshError, NotFound
+
+log = logging.getLogger(__name__)
+
+#: called after a file went up: (cache key, new etag, new resource id or None when unchanged)
+UploadedHook = Callable[[str, str, ResourceId | None], Awaitable[None]]
+#: resolves a record's mount-relative path to a reference that can be (re)created on the server
+Locator = Callable[[str], Ref | None]
+
+
+@dataclass(slots=True)
+class Conflict:
+    """A local version that could not replace the server's: it went up under `copy_name`."""
+
+    path: str
+    copy_name: str
+    when: float
+
+
+@dataclass(slots=True)
+class _Progress:
+    done: int = 0
+    total: int = 0
+    started: float = 0.0
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Scheduling state of one dirty key."""
+
+    due: float = math.inf
+    writers: int = 0
+    running: trio.CancelScope | None = None
+    attempt_done: trio.Event = field(default_factory=trio.Event)
+    last_error: MeshError | StoreError | None = None
+    failures: int = 0
+    progress: _Progress = field(default_factory=_Progress)
+
+
+def conflict_name(name: str, user: str, when: float) -> str:
+    """`<stem>-<user>.<YYYY-mm-dd_HH_MM_SS>-conflict.<ext>` (the cs3api4lab convention)."""
+    stamp = time.strftime("%Y-%m-%d_%H_%M_%S", time.localtime(when))
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return f"{name}-{user}.{stamp}-conflict"
+    return f"{stem}-{user}.{stamp}-conflict.{ext}"
+
+
+class WriteBack:
+    """Upload queue over a CacheStore. Start `run()` in the daemon nursery.
+
+    delay: seconds of quiet after the last close (or dirtying) before a file goes up.
+    workers: concurrent uploads. chunk_size: files larger than this go up with tus in chunks.
+    backoff / backoff_max: retry pauses after failures (transient or not: data is never dropped).
+    """
+
+    def __init__(
+        self,
+        store: CacheStore,
+        storage: Storage,
+        transfer: Transfer,
+        *,
+        user: str,
+        delay: float = 1.0,
+        workers: int = 2,
+        chunk_size: int = 64 << 20,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        on_uploaded: UploadedHook | None = None,
+        locate: Locator | None = None,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.transfer = transfer
+        self.user = user
+        self.delay = delay
+        self.chunk_size = max(1 << 20, chunk_size)
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.on_uploaded = on_uploaded
+        self.locate = locate
+        self._limiter = trio.CapacityLimiter(max(1, workers))
+        self._slots: dict[str, _Slot] = {}
+        self._wake = trio.Event()
+        self.conflicts: list[Conflict] = []
+        #: mtimes set (utimens) on dirty files: the next upload of that key carries them
+        self.mtimes: dict[str, int] = {}
+        self.uploaded_bytes = 0
+        self.uploads_done = 0
+
+    # ---- what the vfs calls ------------------------------------------------------------------
+
+    def _slot(self, key: str) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+        return slot
+
+    def schedule(self, key: str, delay: float | None = None) -> None:
+        """The file `key` is dirty and closed (or explicitly flushed): upload it after `delay`."""
+        slot = self._slot(key)
+        slot.due = trio.current_time() + (self.delay if delay is None else delay)
+        self._wake.set()
+
+    def opened_for_write(self, key: str) -> None:
+        """A writer opened the file: no scheduled upload while it is open; a running one that was
+        started by the timer is cancelled and redone after the last writer closes."""
+        slot = self._slot(key)
+        slot.writers += 1
+        slot.due = math.inf
+        if slot.running is not None:
+            slot.running.cancel()
+
+    def closed_for_write(self, key: str) -> None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return
+        slot.writers = max(0, slot.writers - 1)
+        if slot.writers == 0 and self.store.get_pending(key) is not None:
+            self.schedule(key)
+
+    def forget(self, key: str) -> None:
+        """The file is gone locally (unlinked): stop any upload of it."""
+        slot = self._slots.pop(key, None)
+        if slot is not None and slot.running is not None:
+            slot.running.cancel()
+        if slot is not None:
+            slot.attempt_done.set()
+
+    async def flush(self, key: str) -> None:
+        """Wait until the current content of `key` is durable on the server (fsync); raise its error."""
+        for _ in range(8):
+            if self.store.get_pending(key) is None:
+                return
+            slot = self._slot(key)
+            done = slot.attempt_done
+            slot.due = trio.current_time()
+            self._wake.set()
+            await done.wait()
+            if self.store.get_pending(key) is None:
+                return
+            if slot.last_error is not None:
+                raise slot.last_error
+        if self.store.get_pending(key) is not None:
+            raise MeshError("the file kept changing while it was being uploaded", op="fsync", path=key)
+
+    async def sync(self, prefix: str | None = None, *, timeout: float = math.inf) -> list[str]:
+        """Upload everything pending (under the path `prefix`) now; wait until each is durable or
+        failed once. Returns one line per failure ("path: error")."""
+        failures: list[str] = []
+
+        def wanted(rec: PendingUpload) -> bool:
+            if prefix is None or prefix in ("", "/"):
+                return True
+            p = prefix.strip("/")
+            return rec.path.strip("/") == p or rec.path.strip("/").startswith(p + "/")
+
+        with trio.move_on_after(timeout) as scope:
+            for rec in [r for r in self.store.pending() if wanted(r)]:
+                try:
+                    await self.flush(rec.key)
+                except (MeshError, StoreError) as e:
+                    failures.append(f"{rec.path}: {e}")
+        if scope.cancelled_caught:
+            failures.extend(
+                f"{r.path}: not uploaded yet (timeout)" for r in self.store.pending() if wanted(r)
+            )
+        return failures
+
+    def status(self) -> list[dict[str, object]]:
+        """Pending uploads for `meshfs status`: path, state, bytes done/total, rate, last error."""
+        now = trio.current_time()
+        out: list[dict[str, object]] = []
+        for rec in self.store.pending():
+            slot = self._slots.get(rec.key)
+            p = slot.progress if slot else _Progress()
+            running = slot is not None and slot.running is not None
+            elapsed = max(1e-6, now - p.started) if running else 0.0
+            out.append(
+                {
+                    "path": rec.path,
+                    "state": "uploading" if running else rec.state.value,
+                    "size": rec.size,
+                    "done": p.done if running else 0,
+                    "rate": (p.done / elapsed) if running else 0.0,
+                    "error": rec.error,
+                    "writers": slot.writers if slot else 0,
+                }
+            )
+        return out
+
+    def state_of(self, key: str) -> str:
+        """clean / dirty / uploading / conflict / failed for xattr user.meshfs.state."""
+        rec = self.store.get_pending(key)
+        if rec is None:
+            return "clean"
+        slot = self._slots.get(key)
+        if slot is not None and slot.running is not None:
+            return "uploading"
+        return rec.state.value
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resume the journal, then dispatch due uploads forever (cancel to stop)."""
+        for rec in self.store.pending():
+            slot = self._slot(rec.key)
+            slot.due = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                next_due = math.inf
+                for key, slot in list(self._slots.items()):
+                    if slot.running is not None:
+                        continue
+                    if slot.due <= now:
+                        slot.due = math.inf
+                        slot.running = trio.CancelScope()
+                        nursery.start_soon(self._attempt, key, slot)
+                    else:
+                        next_due = min(next_due, slot.due)
+                self._wake = trio.Event()
+                with trio.move_on_at(next_due):
+                    await self._wake.wait()
+
+    async def _attempt(self, key: str, slot: _Slot) -> None:
+        scope = slot.running
+        assert scope is not None
+        error: MeshError | StoreError | None = None
+        cancelled = False
+        try:
+            async with self._limiter:
+                with scope:
+                    slot.progress = _Progress(started=trio.current_time())
+                    await self._upload(key, slot)
+                cancelled = scope.cancelled_caught
+        except (MeshError, StoreError) as e:
+            error = e
+        finally:
+            slot.running = None
+            slot.last_error = error
+            done, slot.attempt_done = slot.attempt_done, trio.Event()
+            done.set()
+        rec = self.store.get_pending(key)
+        if error is not None:
+            slot.failures += 1
+            pause = min(self.backoff_max, self.backoff * 2 ** min(slot.failures, 16))
+            log.warning("upload of %s failed (%s); retrying in %.1fs", rec.path if rec else key, error, pause)
+            if rec is not None:
+                try:
+                    await trio.to_thread.run_sync(
+                        lambda: self.store.update_pending(key, state=PendingState.FAILED, error=str(error))
+                    )
+                except StoreError as e:
+                    log.error("journal: %s", e)
+            if slot.writers == 0:
+                slot.due = trio.current_time() + pause
+        elif rec is None:
+            slot.failures = 0
+            if slot.writers == 0 and not cancelled:
+                self._slots.pop(key, None)
+        else:
+            # modified during the upload (or cancelled by a writer): go again after the quiet period
+            slot.failures = 0
+            if slot.writers == 0:
+                slot.due = trio.current_time() + (0 if not cancelled else self.delay)
+        self._wake.set()
+
+    async def _upload(self, key: str, slot: _Slot) -> None:
+        rec = self.store.get_pending(key)
+        if rec is None:
+            return
+        cf = await trio.to_thread.run_sync(
+            lambda: self.store.open_file(key, size=rec.size, etag=rec.base_etag)
+        )
+        try:
+            await self._upload_open(rec, cf, slot)
+        finally:
+            await trio.to_thread.run_sync(cf.close)
+
+    async def _fill(self, rec: PendingUpload, cf: CacheFile) -> None:
+        """Fetch the parts of the base version that were never cached (random writes into a big file)."""
+        missing = cf.missing(0, cf.size)
+        if not missing or rec.resource_id is None:
+            return
+        ref = Ref.to(ResourceId.parse(rec.resource_id))
+        ticket = await self.transfer.initiate_download(ref, lock_id=rec.lock_id)
+        for off, length in missing:
+            epoch = cf.epoch
+            await self.transfer.read_range(
+                ticket, cf.fd, offset=off, length=length, fd_offset=off, path=rec.path
+            )
+            await trio.to_thread.run_sync(partial(cf.mark_present, off, length, epoch=epoch))
+
+    async def _upload_open(self, rec: PendingUpload, cf: CacheFile, slot: _Slot) -> None:
+        await self._fill(rec, cf)
+        generation = cf.generation
+        size = cf.size
+        await trio.to_thread.run_sync(cf.sync_data)
+        rec = await trio.to_thread.run_sync(
+            lambda: self.store.update_pending(rec.key, state=PendingState.UPLOADING, error=None)
+        )
+        slot.progress.total = size
+        ref = Ref.to(ResourceId.parse(rec.resource_id)) if rec.resource_id else None
+        new_id: ResourceId | None = None
+        try:
+            if ref is None:
+                raise NotFound("not on the server yet", op="upload", path=rec.path)
+            result = await self._send(rec, cf, ref, size, if_match=rec.base_etag)
+        except EtagMismatch:
+            await self._conflict(rec, cf, size, generation)
+            return
+        except NotFound:
+            # deleted on the server (or never created): recreate it where it lives locally
+            target = self.locate(rec.path) if self.locate else None
+            if target is None:
+                raise
+            try:
+                result = await self._send(rec, cf, target, size, if_not_exist=True, fresh=True)
+            except AlreadyExists:
+                await self._conflict(rec, cf, size, generation)
+                return
+            new_id = result.file_id or (await self.storage.stat(target)).id
+        etag = result.etag
+        if not etag:
+            where = Ref.to(new_id) if new_id is not None else ref
+            assert where is not None
+            etag = (await self.storage.stat(where)).etag
+        self.uploaded_bytes += size
+        self.uploads_done += 1
+        clean = await trio.to_thread.run_sync(lambda: self.store.mark_clean(rec.key, generation, etag=etag))
+        if clean:
+            self.mtimes.pop(rec.key, None)
+        log.info("uploaded %s (%d bytes)%s", rec.path, size, "" if clean else ", changed meanwhile")
+        if self.on_uploaded is not None:
+            await self.on_uploaded(rec.key, etag, new_id)
+
+    async def _send(
+        self,
+        rec: PendingUpload,
+        cf: CacheFile,
+        ref: Ref,
+        size: int,
+        *,
+        if_match: str | None = None,
+        if_not_exist: bool = False,
+        fresh: bool = False,
+    ) -> UploadResult:
+        mtime_ns = self.mtimes.get(rec.key)
+        if size <= self.chunk_size:
+            return await self.transfer.upload(
+                ref, cf.fd, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=rec.lock_id,
+                mtime_ns=mtime_ns,
+            )  # fmt: skip
+        session: TusSession | None = None
+        if rec.upload_token and not fresh:
+            try:
+                old = TusSession.from_json(rec.upload_token)
+                if old.length == size:
+                    session = old
+            except ValueError:
+                session = None
+        if session is not None:
+            try:
+                await self.transfer.tus_offset(session)
+            except MeshError:
+                session = None  # expired or gone: start over
+        if session is None:
+            session = await self.transfer.start_tus(
+                ref,
+                size,
+                if_match=if_match,
+                if_not_exist=if_not_exist,
+                lock_id=rec.lock_id,
+                mtime_ns=mtime_ns,
+            )
+            token = session.to_json()
+            await trio.to_thread.run_sync(lambda: self.store.update_pending(rec.key, upload_token=token))
+        while True:
+            out = await self.transfer.tus_upload(
+                session, cf.fd, chunk_size=self.chunk_size, max_bytes=self.chunk_size
+            )
+            if isinstance(out, UploadResult):
+                await trio.to_thread.run_sync(lambda: self.store.update_pending(rec.key, upload_token=None))
+                return out
+            session = out
+            progress = session
+            self._slots[rec.key].progress.done = progress.offset if rec.key in self._slots else 0
+            token = session.to_json()
+            await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=token))
+
+    async def _conflict(self, rec: PendingUpload, cf: CacheFile, size: int, generation: int) -> None:
+        """The server copy changed since ours was based on it: keep both. Ours goes up beside it as a
+        conflict copy; the local cache entry then follows the server's version again (unless the
+        file was written again meanwhile: then it stays dirty and conflicts again, losing nothing)."""
+        if rec.resource_id is None:
+            raise MeshError("conflict on a file without id", op="upload", path=rec.path)
+        remote = await self.storage.stat(Ref.to(ResourceId.parse(rec.resource_id)))
+        if remote.parent_id is None:
+            raise MeshError(
+                "conflict copy: the server did not say where the file lives", op="upload", path=rec.path
+            )
+        when = time.time()
+        name = conflict_name(remote.name, self.user, when)
+        target = Ref.to(remote.parent_id).child(name)
+        await self._send(rec, cf, target, size, if_not_exist=True, fresh=True)
+        self.conflicts.append(Conflict(rec.path, os.path.join(os.path.dirname(rec.path), name), when))
+        log.warning(
+            "conflict: %s changed on the server while ours was pending; ours saved as %s", rec.path, name
+        )
+        if cf.generation == generation:
+            # our data now lives in the conflict copy: the cache entry goes back to the server's version
+            await trio.to_thread.run_sync(lambda: self.store.forget(rec.key))
+        if self.on_uploaded is not None:
+            await self.on_uploaded(rec.key, remote.etag, None)

@@ -1,0 +1,134 @@
+"""Inode numbers, the nodes they name, kernel lookup counts and forget.
+
+Owns the mapping inode ↔ Node. An inode number is stable per CS3 resource (keyed by the resource id
+string) for the daemon's lifetime, so a file keeps its inode across renames and is the same inode under
+home/ and shared-by-me/. Virtual directories get fixed inodes below FIRST_DYNAMIC.
+
+Must not import: grpc, cs3apis, urllib3, meshfs.fuse (the node values are plain Python).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from meshfs.cs3 import Resource, ResourceId
+
+ROOT = 1
+FIRST_DYNAMIC = 64
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    FILE = "file"
+    SYMLINK = "symlink"
+
+
+class Virtual(enum.Enum):
+    """The read-only containers meshfs makes up; their entries are real CS3 resources."""
+
+    ROOT = "root"
+    SHARED_WITH_ME = "shared-with-me"
+    PENDING = ".pending"
+    SHARED_BY_ME = "shared-by-me"
+    PROJECTS = "projects"
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """One inode. `rid` is None only for virtual directories.
+
+    `resource` is the last Stat/listing answer and `fetched` the trio time it arrived; `parent` and
+    `name` are where the kernel last looked it up (for logs, the journal and path-relative views).
+    `readonly` is set for resources reached through a viewer share.
+    """
+
+    inode: int
+    kind: Kind
+    name: str
+    parent: int
+    rid: ResourceId | None = None
+    virtual: Virtual | None = None
+    resource: Resource | None = None
+    fetched: float = -1.0
+    readonly: bool = False
+    lookups: int = 0
+    open_count: int = 0
+    #: while the file has local changes not yet on the server: its local size and mtime
+    local_size: int | None = None
+    local_mtime_ns: int | None = None
+    #: the resource is gone on the server (unlinked) but open handles or lookups still use it
+    unlinked: bool = False
+    #: for the entries of shared-with-me/: the received share they stand for
+    share_id: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        return None if self.rid is None else str(self.rid)
+
+
+class InodeTable:
+    """inode → Node, resource key → inode; lookup counts as the kernel holds them."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, Node] = {}
+        self._by_key: dict[str, int] = {}
+        self._next = FIRST_DYNAMIC
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, inode: int) -> Node | None:
+        return self._nodes.get(inode)
+
+    def add_virtual(self, inode: int, virtual: Virtual, name: str, parent: int) -> Node:
+        node = Node(inode=inode, kind=Kind.DIR, name=name, parent=parent, virtual=virtual)
+        self._nodes[inode] = node
+        return node
+
+    def by_rid(self, rid: ResourceId) -> Node | None:
+        inode = self._by_key.get(str(rid))
+        return None if inode is None else self._nodes.get(inode)
+
+    def node_for(self, rid: ResourceId, kind: Kind, name: str, parent: int) -> Node:
+        """The node of a resource, created on first sight; refreshed name/parent otherwise."""
+        inode = self._by_key.get(str(rid))
+        node = None if inode is None else self._nodes.get(inode)
+        if node is not None:
+            node.name, node.parent, node.kind = name, parent, kind
+            return node
+        if inode is None:
+            inode = self._next
+            self._next += 1
+        node = Node(inode=inode, kind=kind, name=name, parent=parent, rid=rid)
+        self._nodes[inode] = node
+        self._by_key[str(rid)] = inode
+        return node
+
+    def rekey(self, node: Node, rid: ResourceId) -> None:
+        """A resource got a new id (e.g. replaced by an upload through another path)."""
+        if node.rid is not None and self._by_key.get(str(node.rid)) == node.inode:
+            del self._by_key[str(node.rid)]
+        node.rid = rid
+        self._by_key[str(rid)] = node.inode
+
+    def forget(self, inode: int, nlookup: int) -> None:
+        node = self._nodes.get(inode)
+        if node is None or node.virtual is not None:
+            return
+        node.lookups = max(0, node.lookups - nlookup)
+        if node.lookups == 0 and node.open_count == 0:
+            self._drop(node)
+
+    def release_open(self, node: Node) -> None:
+        node.open_count = max(0, node.open_count - 1)
+        if node.lookups == 0 and node.open_count == 0 and node.virtual is None:
+            self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        # The key → inode entry stays: the same resource gets the same inode number when the kernel
+        # looks it up again (numbers are stable for the daemon's lifetime; an int per resource seen).
+        self._nodes.pop(node.inode, None)
+
+    def children_of(self, parent: int) -> list[Node]:
+        return [n for n in self._nodes.values() if n.parent == parent and n.virtual is None]

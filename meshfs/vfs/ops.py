@@ -1,0 +1,865 @@
+"""meshfs's filesystem operations: fuse.Operations on top of the tree, the data cache and the uploader.
+
+Owns: POSIX semantics (attributes, open/read/write/close, create, mkdir, unlink, rename incl.
+replacing a target, truncate, utimens, chmod as metadata, user.* xattrs ↔ CS3 arbitrary metadata,
+read-only user.meshfs.* xattrs, statfs from the quota), file handles, and being THE errno boundary:
+MeshError/StoreError → FUSEError happens here and nowhere else; every failure is logged once, with
+its path.
+
+Must not import: grpc, cs3apis, urllib3 (the server is reached through meshfs.cs3's plain API).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from meshfs.cache.readahead import Readahead, ReadaheadPolicy
+from meshfs.cache.store import CacheFile, CacheStore, NotPresent, SpaceWaiter, StoreError
+from meshfs.cache.writeback import WriteBack
+from meshfs.cs3 import Ref, Resource, Storage, Transfer
+from meshfs.errors import AlreadyExists, MeshError, NotFound
+from meshfs.fuse import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    ROOT_INODE,
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    Operations,
+    ReaddirToken,
+    RequestContext,
+    Session,
+    SetattrFields,
+    StatvfsData,
+    readdir_reply,
+)
+from meshfs.vfs.inodes import InodeTable, Kind, Node
+from meshfs.vfs.tree import Tree
+
+log = logging.getLogger(__name__)
+
+MODE_KEY = "meshfs.mode"
+XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
+RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
+BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quota
+
+
+@dataclass(slots=True, eq=False)
+class Handle:
+    """One open file."""
+
+    fh: int
+    node: Node
+    cache: CacheFile
+    writable: bool
+    append: bool = False
+    readahead: Readahead = field(default_factory=Readahead)
+
+
+@dataclass(slots=True, eq=False)
+class DirHandle:
+    fh: int
+    node: Node
+    entries: list[tuple[str, Node]] | None = None
+
+
+class MeshOps(Operations):
+    """The filesystem served through meshfs.fuse. Built by vfs.filesystem.MeshFilesystem."""
+
+    def __init__(
+        self,
+        *,
+        tree: Tree,
+        storage: Storage,
+        transfer: Transfer,
+        store: CacheStore,
+        writeback: WriteBack,
+        uid: int,
+        gid: int,
+        entry_ttl: float,
+        attr_ttl: float,
+        negative_ttl: float,
+        backpressure_timeout: float,
+        readahead_max: int,
+        io_limiter: trio.CapacityLimiter,
+        read_only: bool = False,
+    ) -> None:
+        self.tree = tree
+        self.inodes: InodeTable = tree.inodes
+        self.storage = storage
+        self.transfer = transfer
+        self.store = store
+        self.writeback = writeback
+        self.uid, self.gid = uid, gid
+        self.entry_ttl, self.attr_ttl, self.negative_ttl = entry_ttl, attr_ttl, negative_ttl
+        self.backpressure_timeout = backpressure_timeout
+        self.space = SpaceWaiter(store, limiter=io_limiter)
+        self.io = io_limiter
+        self.read_only = read_only
+        self.policy = ReadaheadPolicy(max_window=max(readahead_max, 128 * 1024))
+        self.session: Session | None = None
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._fill_locks: dict[int, trio.Lock] = {}
+        self.errors: list[str] = []  # recent failures for `meshfs status`
+        self.op_counts: dict[str, int] = {}
+        self.bytes_down = 0
+
+    # ---- the errno boundary ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _op(self, op: str, what: str | Node) -> AsyncIterator[None]:
+        self.op_counts[op] = self.op_counts.get(op, 0) + 1
+        try:
+            yield
+        except FUSEError:
+            raise
+        except (MeshError, StoreError) as e:
+            path = self.tree.path_of(what) if isinstance(what, Node) else what
+            code = getattr(e, "errno", errno.EIO) or errno.EIO
+            if code not in (errno.ENOENT,):
+                line = f"{op} {path}: {e}"
+                log.warning("%s", line)
+                self.errors.append(line)
+                del self.errors[:-50]
+            raise FUSEError(code) from None
+
+    def _node(self, inode: int) -> Node:
+        node = self.inodes.get(inode)
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FUSEError(errno.EILSEQ) from None
+        if len(name) > 255:
+            raise FUSEError(errno.ENAMETOOLONG)
+        return text
+
+    def _child_path(self, parent: Node, name: str) -> str:
+        base = self.tree.path_of(parent)
+        return f"{base}/{name}" if base else name
+
+    # ---- attributes ------------------------------------------------------------------------------
+
+    def _attr(self, node: Node) -> EntryAttributes:
+        a = EntryAttributes(
+            st_ino=node.inode,
+            entry_timeout=self.entry_ttl,
+            attr_timeout=self.attr_ttl,
+            st_uid=self.uid,
+            st_gid=self.gid,
+            st_blksize=128 * 1024,
+        )
+        res = node.resource
+        writable = self.tree.writable(node) and not self.read_only
+        if node.kind is Kind.DIR:
+            mode = 0o755 if writable else 0o555
+            a.st_mode = stat.S_IFDIR | self._mode_bits(res, mode, writable)
+            a.st_nlink = 2
+            a.st_size = 4096 if res is None else res.size
+            a.st_blocks = 8
+        else:
+            mode = 0o644 if writable else 0o444
+            a.st_mode = stat.S_IFREG | self._mode_bits(res, mode, writable)
+            size = node.local_size if node.local_size is not None else (res.size if res else 0)
+            a.st_size = size
+            a.st_blocks = (size + 511) // 512
+        mtime = node.local_mtime_ns if node.local_mtime_ns is not None else (res.mtime_ns if res else 0)
+        if res is None and mtime == 0:
+            mtime = int(time.time() * 1e9) if node.inode == ROOT_INODE else 0
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = mtime
+        return a
+
+    @staticmethod
+    def _mode_bits(res: Resource | None, default: int, writable: bool) -> int:
+        mode = default
+        if res is not None:
+            raw = res.metadata.get(MODE_KEY)
+            if raw:
+                try:
+                    mode = int(raw, 8) & 0o7777
+                except ValueError:
+                    pass
+        if not writable:
+            mode &= ~0o222
+        return mode
+
+    async def _entry(self, node: Node) -> EntryAttributes:
+        node.lookups += 1
+        return self._attr(node)
+
+    # ---- names -----------------------------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        parent = self._node(parent_inode)
+        text = self._name(name)
+        async with self._op("lookup", self._child_path(parent, text)):
+            try:
+                node = await self.tree.lookup(parent, text)
+            except NotFound:
+                if self.negative_ttl > 0 and parent.virtual is None:
+                    return EntryAttributes(st_ino=0, entry_timeout=self.negative_ttl)
+                raise
+            return await self._entry(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, n in inode_list:
+            self.inodes.forget(inode, n)
+
+    async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        node = self._node(inode)
+        async with self._op("getattr", node):
+            if node.rid is not None and node.local_size is None and not node.unlinked:
+                try:
+                    await self.tree.stat(node)
+                except NotFound:
+                    if node.open_count == 0:
+                        raise
+            return self._attr(node)
+
+    async def setattr(
+        self, inode: int, attr: EntryAttributes, fields: SetattrFields, fh: int | None, ctx: RequestContext
+    ) -> EntryAttributes:
+        node = self._node(inode)
+        async with self._op("setattr", node):
+            if node.rid is None:
+                raise FUSEError(errno.EPERM)
+            chown = (fields.update_uid and attr.st_uid != self.uid) or (
+                fields.update_gid and attr.st_gid != self.gid
+            )
+            if chown:
+                raise FUSEError(errno.EPERM)
+            if fields.update_size:
+                if node.kind is Kind.DIR:
+                    raise FUSEError(errno.EISDIR)
+                self._check_writable(node)
+                await self._truncate(node, attr.st_size, fh)
+            meta: dict[str, str] = {}
+            if fields.update_mode:
+                self._check_writable(node, allow_readonly_dir=False)
+                meta[MODE_KEY] = f"{attr.st_mode & 0o7777:o}"
+            if fields.update_mtime:
+                if node.local_size is not None:
+                    # not on the server yet: the upload carries it (X-OC-Mtime)
+                    node.local_mtime_ns = attr.st_mtime_ns
+                    self.writeback.mtimes[str(node.rid)] = attr.st_mtime_ns
+                else:
+                    meta["mtime"] = (
+                        f"{attr.st_mtime_ns // 1_000_000_000}.{attr.st_mtime_ns % 1_000_000_000:09d}"
+                    )
+            if meta:
+                assert node.rid is not None
+                await self.storage.set_metadata(Ref.to(node.rid), meta)
+                await self.tree.stat(node, force=True)
+            return self._attr(node)
+
+    def _check_writable(self, node: Node, *, allow_readonly_dir: bool = False) -> None:
+        if self.read_only:
+            raise FUSEError(errno.EROFS)
+        if node.virtual is not None:
+            raise FUSEError(errno.EPERM)
+        if not self.tree.writable(node):
+            raise FUSEError(errno.EACCES)
+
+    def _check_dir_writable(self, parent: Node) -> None:
+        if self.read_only:
+            raise FUSEError(errno.EROFS)
+        if parent.virtual is not None or parent.rid is None:
+            raise FUSEError(errno.EPERM)
+        if not self.tree.writable(parent):
+            raise FUSEError(errno.EACCES)
+
+    def _writer_of(self, node: Node) -> Handle | None:
+        for h in self._handles.values():
+            if h.node is node and h.writable:
+                return h
+        return None
+
+    # ---- directories -----------------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: RequestContext) -> int:
+        node = self._node(inode)
+        if node.kind is not Kind.DIR:
+            raise FUSEError(errno.ENOTDIR)
+        fh = self._new_fh()
+        self._dirs[fh] = DirHandle(fh, node)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        dh = self._dirs.get(fh)
+        if dh is None:
+            raise FUSEError(errno.EBADF)
+        async with self._op("readdir", dh.node):
+            if dh.entries is None or start_id == 0:
+                listing = await self.tree.listing(dh.node)
+                dh.entries = sorted(listing.items())
+            entries = dh.entries
+            i = start_id
+            if i == 0:
+                if not readdir_reply(token, b".", self._attr(dh.node), 1):
+                    return
+                i = 1
+            if i == 1:
+                parent = self.inodes.get(dh.node.parent) or dh.node
+                if not readdir_reply(token, b"..", self._attr(parent), 2):
+                    return
+                i = 2
+            for idx in range(i - 2, len(entries)):
+                name, node = entries[idx]
+                if not readdir_reply(token, name.encode("utf-8"), self._attr(node), idx + 3):
+                    return
+                node.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: RequestContext) -> EntryAttributes:
+        parent = self._node(parent_inode)
+        text = self._name(name)
+        async with self._op("mkdir", self._child_path(parent, text)):
+            self._check_dir_writable(parent)
+            ref = self.tree.child_ref(parent, text)
+            await self.storage.create_container(ref)
+            res = await self.storage.stat(ref)
+            node = self.inodes.node_for(res.id, Kind.DIR, text, parent.inode)
+            node.resource, node.fetched, node.readonly = res, trio.current_time(), parent.readonly
+            if mode & 0o7777 not in (0o755, 0o777 & ~0o022):
+                await self._store_mode(node, mode)
+            self._changed(parent, text, node)
+            return await self._entry(node)
+
+    async def _store_mode(self, node: Node, mode: int) -> None:
+        assert node.rid is not None
+        await self.storage.set_metadata(Ref.to(node.rid), {MODE_KEY: f"{mode & 0o7777:o}"})
+        await self.tree.stat(node, force=True)
+
+    def _changed(self, parent: Node, name: str, node: Node | None) -> None:
+        """A local namespace change: keep the listing cache exact and the parent's attrs fresh."""
+        if node is None:
+            self.tree.remove_from_listing(parent, name)
+        else:
+            self.tree.add_to_listing(parent, name, node)
+        parent.fetched = -1.0
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        parent = self._node(parent_inode)
+        text = self._name(name)
+        async with self._op("rmdir", self._child_path(parent, text)):
+            self._check_dir_writable(parent)
+            node = await self.tree.lookup(parent, text)
+            if node.kind is not Kind.DIR:
+                raise FUSEError(errno.ENOTDIR)
+            if await self.tree.listing(node):
+                raise FUSEError(errno.ENOTEMPTY)
+            assert node.rid is not None
+            await self.storage.delete(Ref.to(node.rid))
+            node.unlinked = True
+            self.tree.forget_listing(node)
+            self._changed(parent, text, None)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        parent = self._node(parent_inode)
+        text = self._name(name)
+        async with self._op("unlink", self._child_path(parent, text)):
+            self._check_dir_writable(parent)
+            node = await self.tree.lookup(parent, text)
+            if node.kind is Kind.DIR:
+                raise FUSEError(errno.EISDIR)
+            assert node.rid is not None
+            key = str(node.rid)
+            if node.open_count > 0:
+                await self._pin_content(node)
+            await self.storage.delete(Ref.to(node.rid))
+            node.unlinked = True
+            self.writeback.forget(key)
+            if node.open_count == 0:
+                await trio.to_thread.run_sync(self.store.forget, key, limiter=self.io)
+            self._changed(parent, text, None)
+
+    async def _pin_content(self, node: Node) -> None:
+        """An open file is about to be unlinked: make sure its data is all in the cache so the open
+        handles can keep reading it (POSIX semantics of unlink while open)."""
+        h = next((h for h in self._handles.values() if h.node is node), None)
+        if h is not None:
+            await self._fill(h, 0, h.cache.size)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: RequestContext,
+    ) -> None:
+        old_parent = self._node(parent_inode_old)
+        new_parent = self._node(parent_inode_new)
+        old_name, new_name = self._name(name_old), self._name(name_new)
+        what = f"{self._child_path(old_parent, old_name)} -> {self._child_path(new_parent, new_name)}"
+        async with self._op("rename", what):
+            self._check_dir_writable(old_parent)
+            self._check_dir_writable(new_parent)
+            if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+                raise FUSEError(errno.EINVAL)
+            node = await self.tree.lookup(old_parent, old_name)
+            assert node.rid is not None
+            try:
+                target: Node | None = await self.tree.lookup(new_parent, new_name)
+            except NotFound:
+                target = None
+            if target is node:
+                return
+            if flags & RENAME_EXCHANGE:
+                if target is None:
+                    raise FUSEError(errno.ENOENT)
+                await self._exchange(old_parent, old_name, node, new_parent, new_name, target)
+                return
+            dst = self.tree.child_ref(new_parent, new_name)
+            old_path = self._child_path(old_parent, old_name)
+            new_path = self._child_path(new_parent, new_name)
+            if target is None:
+                await self.storage.move(Ref.to(node.rid), dst)
+            else:
+                if flags & RENAME_NOREPLACE:
+                    raise FUSEError(errno.EEXIST)
+                await self._replace(node, target, new_parent, new_name)
+            node.name, node.parent = new_name, new_parent.inode
+            await trio.to_thread.run_sync(self.store.rename_path, old_path, new_path, limiter=self.io)
+            self._changed(old_parent, old_name, None)
+            self._changed(new_parent, new_name, node)
+            node.fetched = -1.0
+
+    async def _replace(self, node: Node, target: Node, new_parent: Node, new_name: str) -> None:
+        """rename over an existing target. Reva's Move refuses existing targets, so the target is moved
+        aside to a hidden name first and deleted (to the trash) only once the source is in place; if
+        the second step fails the target is put back: at no point is the target's data lost."""
+        if target.kind is Kind.DIR and node.kind is not Kind.DIR:
+            raise FUSEError(errno.EISDIR)
+        if node.kind is Kind.DIR and target.kind is not Kind.DIR:
+            raise FUSEError(errno.ENOTDIR)
+        if target.kind is Kind.DIR and await self.tree.listing(target):
+            raise FUSEError(errno.ENOTEMPTY)
+        assert node.rid is not None and target.rid is not None
+        aside = self.tree.child_ref(new_parent, f".meshfs-replaced-{secrets.token_hex(6)}")
+        await self.storage.move(Ref.to(target.rid), aside)
+        try:
+            await self.storage.move(Ref.to(node.rid), self.tree.child_ref(new_parent, new_name))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.storage.move(Ref.to(target.rid), self.tree.child_ref(new_parent, new_name))
+                except MeshError as e:
+                    log.error("rename: could not put %s back (%s); it is at %s", new_name, e, aside)
+            raise
+        key = str(target.rid)
+        try:
+            await self.storage.delete(Ref.to(target.rid))
+        except MeshError as e:
+            log.warning("rename: replaced %s but could not delete its old version (%s)", new_name, e)
+        target.unlinked = True
+        self.writeback.forget(key)
+        if target.open_count == 0:
+            await trio.to_thread.run_sync(self.store.forget, key, limiter=self.io)
+        if self.session is not None:
+            self.session.invalidate_inode(target.inode)
+
+    async def _exchange(self, pa: Node, na: str, a: Node, pb: Node, nb: str, b: Node) -> None:
+        assert a.rid is not None and b.rid is not None
+        aside = self.tree.child_ref(pb, f".meshfs-exchange-{secrets.token_hex(6)}")
+        await self.storage.move(Ref.to(b.rid), aside)
+        await self.storage.move(Ref.to(a.rid), self.tree.child_ref(pb, nb))
+        await self.storage.move(Ref.to(b.rid), self.tree.child_ref(pa, na))
+        a.name, a.parent, b.name, b.parent = nb, pb.inode, na, pa.inode
+        self._changed(pa, na, b)
+        self._changed(pb, nb, a)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: RequestContext
+    ) -> EntryAttributes:
+        log.debug("symlink refused: CS3 storage has no symlinks")
+        raise FUSEError(errno.EPERM)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: RequestContext
+    ) -> EntryAttributes:
+        log.debug("link refused: CS3 storage has no hard links")
+        raise FUSEError(errno.EPERM)
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: RequestContext
+    ) -> EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise FUSEError(errno.EPERM)
+        fi, attr = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+        await self.release(fi.fh, os.O_WRONLY, 0, False)
+        return attr
+
+    # ---- files -----------------------------------------------------------------------------------
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
+    ) -> tuple[FileInfo, EntryAttributes]:
+        parent = self._node(parent_inode)
+        text = self._name(name)
+        async with self._op("create", self._child_path(parent, text)):
+            self._check_dir_writable(parent)
+            ref = self.tree.child_ref(parent, text)
+            try:
+                await self.storage.touch_file(ref)
+            except AlreadyExists:
+                if flags & os.O_EXCL:
+                    raise
+                node = await self.tree.lookup(parent, text)
+                fi = await self.open(node.inode, flags | os.O_TRUNC, ctx)
+                return fi, await self._entry(node)
+            res = await self.storage.stat(ref)
+            node = self.inodes.node_for(res.id, Kind.FILE, text, parent.inode)
+            node.resource, node.fetched, node.readonly, node.unlinked = res, trio.current_time(), False, False
+            if mode & 0o7777 != 0o644 and mode & 0o7777 != 0o666 & ~0o022:
+                await self._store_mode(node, mode)
+            self._changed(parent, text, node)
+            fi = await self._open_node(node, flags, fresh=res)
+            return fi, await self._entry(node)
+
+    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        node = self._node(inode)
+        async with self._op("open", node):
+            if node.kind is Kind.DIR:
+                raise FUSEError(errno.EISDIR)
+            return await self._open_node(node, flags)
+
+    async def _open_node(self, node: Node, flags: int, fresh: Resource | None = None) -> FileInfo:
+        acc = flags & os.O_ACCMODE
+        writable = acc in (os.O_WRONLY, os.O_RDWR)
+        if writable or flags & os.O_TRUNC:
+            self._check_writable(node)
+        assert node.rid is not None
+        key = str(node.rid)
+        pending = self.store.get_pending(key)
+        res = fresh
+        if res is None and pending is None:
+            # close-to-open consistency: every open asks the server for the current version
+            res = await self.tree.stat(node, force=True)
+        if res is None:
+            res = node.resource
+        assert res is not None
+        before = self.store.lookup(key)
+        cf = await trio.to_thread.run_sync(
+            lambda: self.store.open_file(key, size=res.size, etag=res.etag, mtime=res.mtime_ns / 1e9),
+            limiter=self.io,
+        )
+        keep = before is not None and (before.dirty or before.etag == res.etag)
+        h = Handle(self._new_fh(), node, cf, writable, bool(flags & os.O_APPEND), Readahead(self.policy))
+        self._handles[h.fh] = h
+        node.open_count += 1
+        if writable:
+            self.writeback.opened_for_write(key)
+        try:
+            if flags & os.O_TRUNC and (cf.size > 0 or pending is None):
+                await self._dirty(h)
+                await trio.to_thread.run_sync(cf.truncate, 0, limiter=self.io)
+                node.local_size = 0
+                node.local_mtime_ns = time.time_ns()
+        except BaseException:
+            await self._close_handle(h)
+            raise
+        if cf.dirty:
+            node.local_size = cf.size
+        return FileInfo(fh=h.fh, keep_cache=keep)
+
+    async def _dirty(self, h: Handle) -> None:
+        """Journal the file as dirty before its first modification."""
+        if h.cache.dirty:
+            return
+        node = h.node
+        assert node.rid is not None
+        res = node.resource
+        path = self.tree.path_of(node)
+        base = h.cache.etag if h.cache.etag is not None else (res.etag if res else None)
+        await trio.to_thread.run_sync(
+            lambda: self.store.mark_dirty(
+                str(node.rid), path=path, resource_id=str(node.rid), base_etag=base, lock_id=None
+            ),
+            limiter=self.io,
+        )
+        node.local_size = h.cache.size
+
+    def _handle(self, fh: int) -> Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FUSEError(errno.EBADF)
+        return h
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        async with self._op("read", h.node):
+            cf = h.cache
+            file_size = cf.size
+            if off >= file_size or size <= 0:
+                return b""
+            size = min(size, file_size - off)
+            plan = h.readahead.plan(off, size, file_size)
+            ahead = plan.sequential and plan.fetch_len and not cf.covers(plan.fetch_off, plan.fetch_len)
+            if ahead or not cf.covers(off, size):
+                await self._fill(h, plan.fetch_off, plan.fetch_len, need=(off, size))
+            for _ in range(3):
+                try:
+                    return await trio.to_thread.run_sync(cf.read, off, size, limiter=self.io)
+                except NotPresent:  # evicted or invalidated between the fill and the read
+                    await self._fill(h, off, size)
+            raise FUSEError(errno.EIO)
+
+    async def _fill(self, h: Handle, off: int, length: int, need: tuple[int, int] | None = None) -> None:
+        """Fetch the missing pieces of [off, off+length) of the remote version into the cache file."""
+        node = h.node
+        if node.rid is None:
+            return
+        lock = self._fill_locks.setdefault(node.inode, trio.Lock())
+        async with lock:
+            cf = h.cache
+            missing = cf.missing(off, length)
+            if not missing:
+                return
+            need_bytes = sum(n for _, n in missing)
+            if need_bytes:
+                await self.space.reserve(need_bytes, timeout=self.backpressure_timeout)
+            ticket = await self.transfer.initiate_download(Ref.to(node.rid))
+            for moff, mlen in missing:
+                epoch = cf.epoch
+                got = await self.transfer.read_range(
+                    ticket, cf.fd, offset=moff, length=mlen, fd_offset=moff, path=self.tree.path_of(node)
+                )
+                self.bytes_down += got
+                await trio.to_thread.run_sync(
+                    partial(cf.mark_present, moff, got, epoch=epoch), limiter=self.io
+                )
+
+    async def write(self, fh: int, off: int, buf: memoryview) -> int:
+        h = self._handle(fh)
+        async with self._op("write", h.node):
+            if not h.writable:
+                raise FUSEError(errno.EBADF)
+            if h.node.unlinked is False and h.node.readonly:
+                raise FUSEError(errno.EACCES)
+            await self._dirty(h)
+            cf = h.cache
+            if h.append:
+                off = cf.size
+            data = bytes(buf)
+            grow = max(0, off + len(data) - cf.size)
+            if grow:
+                await self.space.reserve(grow, timeout=self.backpressure_timeout)
+            n = await trio.to_thread.run_sync(cf.write, off, data, limiter=self.io)
+            h.node.local_size = cf.size
+            h.node.local_mtime_ns = time.time_ns()
+            return n
+
+    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        h = self._handles.get(fh) if fh is not None else None
+        temp = None
+        if h is None:
+            h = self._writer_of(node)
+        if h is None:
+            fi = await self._open_node(node, os.O_WRONLY)
+            temp = self._handles[fi.fh]
+            h = temp
+        try:
+            await self._dirty(h)
+            grow = max(0, size - h.cache.size)
+            if grow:
+                await self.space.reserve(grow, timeout=self.backpressure_timeout)
+            await trio.to_thread.run_sync(h.cache.truncate, size, limiter=self.io)
+            node.local_size = size
+            node.local_mtime_ns = time.time_ns()
+        finally:
+            if temp is not None:
+                await self.release(temp.fh, os.O_WRONLY, 0, False)
+
+    async def flush(self, fh: int, lock_owner: int) -> None:
+        return None
+
+    async def release(self, fh: int, flags: int, lock_owner: int, flock_release: bool) -> None:
+        h = self._handles.get(fh)
+        if h is None:
+            return
+        async with self._op("release", h.node):
+            await self._close_handle(h)
+
+    async def _close_handle(self, h: Handle) -> None:
+        self._handles.pop(h.fh, None)
+        node = h.node
+        key = str(node.rid)
+        dirty = h.cache.dirty
+        await trio.to_thread.run_sync(h.cache.close, limiter=self.io)
+        self.inodes.release_open(node)
+        if h.writable:
+            self.writeback.closed_for_write(key)
+        elif dirty and not any(x.node is node and x.writable for x in self._handles.values()):
+            self.writeback.schedule(key)
+        if node.unlinked and node.open_count == 0:
+            self.writeback.forget(key)
+            await trio.to_thread.run_sync(self.store.forget, key, limiter=self.io)
+            node.local_size = node.local_mtime_ns = None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handle(fh)
+        async with self._op("fsync", h.node):
+            if not h.cache.dirty or h.node.unlinked:
+                return
+            await trio.to_thread.run_sync(h.cache.sync_data, limiter=self.io)
+            await self.writeback.flush(str(h.node.rid))
+
+    async def fallocate(self, fh: int, off: int, length: int, mode: int) -> None:
+        h = self._handle(fh)
+        async with self._op("fallocate", h.node):
+            if mode & ~1:  # only plain allocation and KEEP_SIZE
+                raise FUSEError(errno.EOPNOTSUPP)
+            if not mode & 1 and off + length > h.cache.size:
+                await self._truncate(h.node, off + length, fh)
+
+    async def uploaded(self, key: str, etag: str, new_id: object) -> None:
+        """Write-back hook: a file went up (or its conflict copy did); refresh what the kernel sees."""
+        for node in list(self.inodes_by_key(key)):
+            if self.store.get_pending(key) is None:
+                node.local_size = node.local_mtime_ns = None
+            node.fetched = -1.0
+            parent = self.inodes.get(node.parent)
+            if parent is not None:
+                parent.fetched = -1.0
+                self.tree.forget_listing(parent)
+
+    def inodes_by_key(self, key: str) -> list[Node]:
+        from meshfs.cs3 import ResourceId
+
+        try:
+            node = self.inodes.by_rid(ResourceId.parse(key))
+        except ValueError:
+            return []
+        return [] if node is None else [node]
+
+    # ---- misc ------------------------------------------------------------------------------------
+
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        async with self._op("statfs", "/"):
+            home = self.tree.home_ref
+            if home is None:
+                raise FUSEError(errno.EIO)
+            q = await self.storage.get_quota(home)
+            bs = 4096
+            total = q.total if q.total > 0 else max(BIG_QUOTA, q.used * 2)
+            free = max(0, total - q.used)
+            return StatvfsData(
+                f_bsize=bs, f_frsize=bs, f_blocks=total // bs, f_bfree=free // bs, f_bavail=free // bs,
+                f_files=1 << 32, f_ffree=1 << 31, f_favail=1 << 31, f_namemax=255,
+            )  # fmt: skip
+
+    async def access(self, inode: int, mode: int, ctx: RequestContext) -> bool | None:
+        node = self._node(inode)
+        return not (mode & os.W_OK and (self.read_only or not self.tree.writable(node)))
+
+    # ---- xattrs ----------------------------------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        node = self._node(inode)
+        async with self._op("getxattr", node):
+            res = await self.tree.stat(node) if node.rid is not None else None
+            if res is None:
+                raise FUSEError(errno.ENODATA)
+            if name == b"user.meshfs.etag":
+                return res.etag.encode()
+            if name == b"user.meshfs.fileid":
+                return str(res.id).encode()
+            if name == b"user.meshfs.checksum":
+                if res.checksum is None:
+                    raise FUSEError(errno.ENODATA)
+                return f"{res.checksum.type}:{res.checksum.value}".encode()
+            if name == b"user.meshfs.state":
+                return self.writeback.state_of(str(node.rid)).encode()
+            key = self._xattr_key(name)
+            value = res.metadata.get(key)
+            if value is None:
+                raise FUSEError(errno.ENODATA)
+            return value.encode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def _xattr_key(name: bytes) -> str:
+        if not name.startswith(b"user."):
+            raise FUSEError(
+                errno.ENODATA
+                if not name.startswith((b"trusted.", b"security.", b"system."))
+                else errno.EOPNOTSUPP
+            )
+        try:
+            return XATTR_PREFIX + name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FUSEError(errno.EINVAL) from None
+
+    async def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
+        node = self._node(inode)
+        async with self._op("listxattr", node):
+            res = await self.tree.stat(node) if node.rid is not None else None
+            if res is None:
+                return []
+            names = [k[len(XATTR_PREFIX) :].encode() for k in res.metadata if k.startswith(XATTR_PREFIX)]
+            ro = [n for n in RO_XATTRS if n != b"user.meshfs.checksum" or res.checksum is not None]
+            return names + ro
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, flags: int, ctx: RequestContext) -> None:
+        node = self._node(inode)
+        async with self._op("setxattr", node):
+            if name.startswith(b"user.meshfs."):
+                raise FUSEError(errno.EPERM)
+            key = self._xattr_key(name)
+            if not name.startswith(b"user."):
+                raise FUSEError(errno.EOPNOTSUPP)
+            self._check_writable(node)
+            res = await self.tree.stat(node, force=True)
+            assert res is not None and node.rid is not None
+            if flags & 1 and key in res.metadata:
+                raise FUSEError(errno.EEXIST)
+            if flags & 2 and key not in res.metadata:
+                raise FUSEError(errno.ENODATA)
+            if len(value) > 64 * 1024:
+                raise FUSEError(errno.E2BIG)
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FUSEError(errno.EINVAL) from None
+            await self.storage.set_metadata(Ref.to(node.rid), {key: text})
+            await self.tree.stat(node, force=True)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+        node = self._node(inode)
+        async with self._op("removexattr", node):
+            if name.startswith(b"user.meshfs."):
+                raise FUSEError(errno.EPERM)
+            key = self._xattr_key(name)
+            self._check_writable(node)
+            res = await self.tree.stat(node, force=True)
+            assert res is not None and node.rid is not None
+            if key not in res.metadata:
+                raise FUSEError(errno.ENODATA)
+            await self.storage.unset_metadata(Ref.to(node.rid), [key])
+            await self.tree.stat(node, force=True)
