@@ -34,8 +34,9 @@ seconds unless fsync was called):
   * A dirty file whose remote content is only partly cached (random writes into a big remote file)
     has its range map recorded after every change, its data fsynced first, so after any crash the
     missing ranges fetched from the server never overwrite our writes and ranges never written are
-    never uploaded as zeros. (Costs an fdatasync per write in that mode: a vfs may prefer to fetch a
-    small file whole before writing to it.) A fully cached dirty file needs no per-write record: its
+    never uploaded as zeros. (Costs an fdatasync per write that covers missing bytes or extends
+    the file; rewrites of cached bytes cost nothing. A vfs may prefer to fetch a small file whole
+    before writing to it.) A fully cached dirty file needs no per-write record: its
     present set is [0, st_size) by definition, and its size is the data file's.
   * Clean files' range maps are written lazily (`checkpoint()`, last close of a file, `close()`):
     additions may be lost, which only costs a re-fetch. Removals (eviction, invalidate) are recorded
@@ -1446,11 +1447,14 @@ class CacheFile:
                 e.present = e.present.add(off, n)
                 e.size = max(old_size, off + n)
                 store._used += e.present.total - before
+                changed = e.present.total != before or e.size != old_size
                 e.generation += 1
                 e.unsynced = True
                 e.last_off = off
                 e.atime = next(store._clock)
-            if was_partial:
+            if was_partial and changed:
+                # only a write that covers missing bytes or extends the file changes the map
+                # (rewriting cached pages, as sqlite does, costs no journal write)
                 store._journal_ranges(e, f"journaling a write to {what}")
         return n
 
