@@ -352,3 +352,37 @@ def test_groups_resolve_with_member_ids(reva: RevaStack, channel: grpc.Channel) 
     assert len(members) == 3
     assert all(m.opaque_id and m.idp == s.user.user.id.idp for m in members)
     assert s.user.user.id.opaque_id in [m.opaque_id for m in members]
+
+
+def test_simple_put_is_not_checked_against_upload_length(
+    reva: RevaStack, channel: grpc.Channel, http: urllib3.PoolManager
+) -> None:
+    """Pins a Reva hazard (NOTES.md): the body of a simple PUT must be exactly Upload-Length bytes.
+
+    Longer bodies are cut to Upload-Length; shorter ones leave a file whose size says Upload-Length but
+    whose content is shorter (downloads break off). Both PUTs answer 200.
+    """
+    s = login(channel, reva.richard)
+    path = f"{s.home()}/{unique('length')}.txt"
+
+    def put(declared: int, body: bytes) -> int:
+        length = types.OpaqueEntry(decoder="plain", value=str(declared).encode())
+        res = s.stub.InitiateFileUpload(
+            sp.InitiateFileUploadRequest(
+                ref=spr.Reference(path=path), opaque=types.Opaque(map={"Upload-Length": length})
+            ),
+            metadata=s.md,
+            timeout=DEADLINE_S,
+        )
+        assert res.status.code == code_pb2.CODE_OK, res.status
+        simple = {p.protocol: p for p in res.protocols}["simple"]
+        headers = {"x-access-token": s.token, "X-Reva-Transfer": simple.token}
+        return http.request("PUT", simple.upload_endpoint, body=body, headers=headers).status
+
+    assert put(3, b"LONGER BODY") == 200
+    assert download(s, http, spr.Reference(path=path)).data == b"LON"
+
+    assert put(11, b"HELLO") == 200
+    assert stat(s, spr.Reference(path=path)).info.size == 11
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        download(s, http, spr.Reference(path=path))  # Content-Length 11, 5 bytes, then EOF
