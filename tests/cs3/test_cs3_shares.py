@@ -7,7 +7,7 @@ import pytest
 from cs3_helpers import fd_of, sha256_file  # type: ignore[import-not-found]
 
 from meshfs.cs3 import Perm, Ref, Role, ShareState
-from meshfs.errors import NotFound, PermissionDenied
+from meshfs.errors import InvalidArgument, NotFound, PermissionDenied
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,3 +111,19 @@ async def test_file_and_folder_editor(einstein, marie, workdir, tmp_path) -> Non
 
 async def test_ocm_received_shares_empty_on_one_server(einstein) -> None:  # type: ignore[no-untyped-def]
     assert await einstein.shares.list_received_ocm_shares() == []
+
+
+async def test_accept_with_mount_point(einstein, marie, workdir) -> None:  # type: ignore[no-untyped-def]
+    marie_id = (await einstein.shares.find_users("marie"))[0].id
+    share = await einstein.shares.create_share(workdir, marie_id, Role.VIEWER)
+    try:
+        got = await marie.shares.update_received_share(
+            share.id, ShareState.ACCEPTED, mount_point="From Albert"
+        )
+        assert got.state is ShareState.ACCEPTED and got.mount_point == "From Albert"
+        listed = {r.id: r for r in await marie.shares.list_received_shares()}[share.id]
+        assert listed.mount_point == "From Albert"
+        with pytest.raises(InvalidArgument):
+            await marie.shares.update_received_share(share.id, ShareState.INVALID)
+    finally:
+        await einstein.shares.remove_share(share.id)
