@@ -98,6 +98,7 @@ MAIN_EPILOG = _dedent("""
 
 MOUNT_DESCRIPTION = _dedent("""
     Mount SOURCE (cs3://USER@HOST:PORT, the CS3 gateway's gRPC address) on MOUNTPOINT.
+    Plain gRPC servers (the dev Reva on 127.0.0.1) need -o tls=false: TLS is on by default.
 
     Without -f, meshfs starts a background daemon and returns only once the mount is live
     (exit 0) or has failed (exit 1 with one line saying why); the daemon logs to
@@ -110,22 +111,43 @@ MOUNT_DESCRIPTION = _dedent("""
     must be a regular file owned by you with mode 0600, else the mount is refused.
 """)
 
-MOUNT_EPILOG = _dedent("""
-    mount options (-o, comma separated; every option of the config file can be given as KEY=VALUE):
-      password_file=F, token_file=F, cache_dir=D   same as the flags above
-      ro                                           read-only mount
-      allow_other                                  let other users in (implies default_permissions)
-      _netdev, noauto, auto, defaults, rw, user, nofail, x-systemd.*, ...
-                                                   mount(8)/fstab options: accepted and ignored
-      nosuid, nodev                                always on; noexec, noatime: accepted, not enforced
+MOUNT_EPILOG_HEAD = _dedent("""
+    SOURCE and MOUNTPOINT may instead come from the config file (keys `source`, `mountpoint`).
+    Every option below can be set in the TOML config file (KEY = VALUE), as a mount option
+    (-o KEY=VALUE, a boolean as -o KEY or -o noKEY) or, for some, a flag; the flag wins over -o,
+    -o over the file. mount(8)/fstab options (_netdev, noauto, defaults, rw, user, nofail,
+    x-systemd.*, nosuid, nodev, noexec, noatime, ...) are accepted and ignored (FUSE mounts are
+    always nosuid,nodev). Secrets are only ever read from files: -o password=... is refused.
+""")
 
+MOUNT_EPILOG_TAIL = _dedent("""
     examples:
-      meshfs mount cs3://einstein@localhost:19000 ~/cernbox --password-file ~/.config/meshfs/pw
+      meshfs mount cs3://einstein@localhost:19000 ~/cernbox -o tls=false --password-file ~/.config/meshfs/pw
       meshfs mount cs3://einstein@reva.example.org:443 /eos/mesh -o token_file=$XDG_RUNTIME_DIR/bt_u1000
+      meshfs mount --config ~/.config/meshfs/cernbox.toml
       mount -t fuse.meshfs cs3://einstein@reva.example.org:443 /eos/mesh -o password_file=/etc/meshfs/pw
 
-    See also: meshfs umount, meshfs status, meshfs doctor, systemd/meshfs@.service.
+    See also: meshfs umount, meshfs status, meshfs doctor; systemd/meshfs@.service (one mount per
+    /etc/meshfs/NAME.toml), systemd/user/meshfs@.service, dev/mount.meshfs (the mount(8) helper).
 """)
+
+
+def _mount_epilog() -> str:
+    """The option reference, rendered from meshfs.config's option table (one source of truth)."""
+    from meshfs import config as cfgmod
+
+    width = min(100, shutil.get_terminal_size().columns) - 6
+    lines = [MOUNT_EPILOG_HEAD, "", "options (name, type, default):"]
+    for option in cfgmod.OPTIONS:
+        default = cfgmod._default_doc(option)
+        lines.append(f"  {option.name} ({option.type}, default {default})")
+        lines.extend(
+            textwrap.wrap(
+                option.doc.replace("`", ""), width, initial_indent="      ", subsequent_indent="      "
+            )
+        )
+    return "\n".join([*lines, "", MOUNT_EPILOG_TAIL])
+
 
 UMOUNT_DESCRIPTION = _dedent("""
     Unmount MOUNTPOINT cleanly: the daemon finishes pending uploads (bounded by the config's drain
@@ -183,11 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mount",
         help="mount a CS3 storage",
         description=MOUNT_DESCRIPTION,
-        epilog=MOUNT_EPILOG,
+        epilog=_mount_epilog(),
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("source", metavar="SOURCE", help="cs3://USER@HOST:PORT (the gateway's gRPC address)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument(
+        "source", metavar="SOURCE", nargs="?", help="cs3://USER@HOST:PORT (the gateway's gRPC address)"
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an existing empty directory")
     p.add_argument(
         "-o",
         dest="options",

@@ -69,7 +69,7 @@ def test_foreground_sigterm_drains_then_unmounts(rig: Rig) -> None:
         wait_for(lambda: rig.entries() and mounted(rig.mountpoint), 30, "the foreground mount")
         assert (rig.mountpoint / "hello").exists()
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -164,12 +164,12 @@ def test_sd_notify_ready_and_stopping(rig: Rig, tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             stopping = sock.recv(4096).decode()
             assert "STOPPING=1" in stopping.splitlines()
-            proc.communicate(timeout=30)
+            _, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, err
 
 
 # ---------------------------------------------------------------------------------------- failures
