@@ -98,6 +98,7 @@ __all__ = [
     "StoreLocked",
     "StoreStats",
     "WriteToCleanFile",
+    "checkpoint_loop",
 ]
 
 
@@ -498,7 +499,7 @@ class CacheStore:
                   f.size) from the base version → upload → mark_clean(key, g, etag=new) — False
                   means it was written again meanwhile: upload again later
       delete      forget(key); rename: rename_path(old, new); new file got its id: rekey(old, new)
-      daemon      checkpoint() every few seconds; close() at exit
+      daemon      checkpoint() every few seconds (`checkpoint_loop` in the nursery); close() at exit
 
     `sync_journal=True` fsyncs every journal transition before returning (two fsyncs per transition,
     ~5 ms each on this class of disk); the default relies on `checkpoint()` being called every few
@@ -1604,3 +1605,18 @@ class SpaceWaiter:
 
     def close(self) -> None:
         self._remove()
+
+
+async def checkpoint_loop(
+    store: CacheStore, *, interval: float = 5.0, limiter: trio.CapacityLimiter | None = None
+) -> None:
+    """Run `store.checkpoint()` every `interval` seconds (trio's clock) in a worker thread, forever:
+    start it in the daemon nursery. A failure is logged and retried at the next tick."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            await trio.to_thread.run_sync(store.checkpoint, limiter=limiter)
+        except StoreError as exc:
+            if "closed" in str(exc):
+                return
+            log.warning("%s", exc)

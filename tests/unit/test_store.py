@@ -34,6 +34,7 @@ from meshfs.cache.store import (
     StoreError,
     StoreLocked,
     WriteToCleanFile,
+    checkpoint_loop,
 )
 
 MiB = 1 << 20
@@ -831,3 +832,24 @@ def test_concurrent_threads_keep_the_accounting_consistent(cache_dir: Path) -> N
         with store._lock:
             assert store._used == sum(e.present.total for e in store._entries.values())
         assert store.stats().used <= 5 * MiB + 6 * 65536
+
+
+async def test_checkpoint_loop_writes_clean_state_on_trios_clock(
+    cache_dir: Path, autojump_clock: object
+) -> None:
+    content = remote(10_000)
+    store = CacheStore(cache_dir, 64 * MiB)
+    try:
+        f = store.open_file("k", size=len(content), etag="e")  # stays open: nothing written yet
+        fill(f, content, 0, 4096)
+        meta = cache_dir / "meta"
+        assert list(meta.iterdir()) == []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: checkpoint_loop(store, interval=5.0))
+            await trio.sleep(5.5)
+            nursery.cancel_scope.cancel()
+        (record,) = list(meta.iterdir())
+        assert b'"ranges":[[0,4096]]' in record.read_bytes()
+        f.close()
+    finally:
+        store.close()
