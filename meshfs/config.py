@@ -372,7 +372,7 @@ OPTIONS: tuple[Option, ...] = (
         "size",
         10 * _GiB,
         "Cache size limit; clean data is evicted least-recently-used, dirty data never.",
-        _size_at_least(16 * _MiB),
+        _size_at_least(1 * _MiB),
     ),
     _o(
         "upload_delay",

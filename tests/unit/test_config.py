@@ -106,7 +106,7 @@ def test_mount_options_fstab_style() -> None:
     ("options", "message"),
     [
         ("cache_size=lots", "config: cache_size: expected a size like 10G, got 'lots'"),
-        ("cache_size=1M", "config: cache_size: expected a size of at least 16M, got '1M'"),
+        ("cache_size=100K", "config: cache_size: expected a size of at least 1M, got '100K'"),
         ("cach_size=3", "config: unknown option 'cach_size' (did you mean 'cache_size'?)"),
         ("frobnicate=1", "config: unknown option 'frobnicate' (see `meshfs mount --help` for the list)"),
         ("upload_delay=soon", "config: upload_delay: expected a duration like 500ms, 2s or 5m, got 'soon'"),
