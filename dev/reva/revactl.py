@@ -382,8 +382,13 @@ def template_values(stack: Stack, extra: dict[str, str] | None = None) -> dict[s
         "USERS_PROVIDER_ID": USERS_PROVIDER_ID,
         "DOMAIN": stack.domain,
         "IDP": stack.idp,
-        "TOKEN_EXPIRES": str(stack.token_expires),
     }
+    # Reva's default token lifetime is 86400 s; only a different REVA_TOKEN_EXPIRES adds the block.
+    values["TOKEN_LIFETIME"] = (
+        f"\n[grpc.services.gateway.token_managers.jwt]\nexpires = {stack.token_expires}\n"
+        if stack.token_expires != 86400
+        else ""
+    )
     values.update({f"{k.upper()}_PORT": str(v) for k, v in stack.ports.items()})
     values.update(extra or {})
     # The @@OCM_*@@ blocks of templates/main/10-main.toml come from ocm-*.inc in templates/<profile>/, else
