@@ -18,7 +18,9 @@ class MeshError(Exception):
     """Base of every expected failure. `str(e)` is one line: "<op> <path>: <message>".
 
     `errno` is what vfs/ops.py answers the kernel with; `transient` says a later retry of the same
-    request may succeed (the write-back scheduler and the retry loops read it).
+    request may succeed (the write-back scheduler and the retry loops read it). `retried` is set when
+    the answer came to a request repeated after a transport failure: the first attempt may have
+    been carried out (a mkdir answering AlreadyExists then most likely created the directory).
     """
 
     errno: ClassVar[int] = _errno.EIO
@@ -31,6 +33,7 @@ class MeshError(Exception):
         self.op = op
         self.path = path
         self.code = code
+        self.retried = False
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -215,7 +215,7 @@ class Gateway:
                 else:
                     req = gw_pb.AuthenticateRequest(type="bearer", client_secret=creds.token.reveal())
                     who = "bearer token"
-                res = await self._unary("Authenticate", req, op="authenticate", path=who, token=None)
+                res, _ = await self._unary("Authenticate", req, op="authenticate", path=who, token=None)
                 code = res.status.code
                 if code != _CODE_OK:
                     if code in (
@@ -247,7 +247,7 @@ class Gateway:
             self._verified_at = now if user is not None else None
             self.auth_count += 1
             if user is None:
-                res = await self._unary(
+                res, _ = await self._unary(
                     "WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token
                 )
                 if res.status.code != _CODE_OK:
@@ -281,7 +281,7 @@ class Gateway:
         while True:
             token = await self.access_token()
             try:
-                res = await self._unary(
+                res, retried = await self._unary(
                     method,
                     request,
                     op=op,
@@ -314,7 +314,9 @@ class Gateway:
                 log.debug("%s: token refused (%s), re-authenticating", op, code_pb2.Code.Name(bad.code))
                 await self.authenticate(stale=token)
                 continue
-            raise self._cs3_error(bad, op=op, path=path)
+            err = self._cs3_error(bad, op=op, path=path)
+            err.retried = retried
+            raise err
 
     async def _token_refused(self, token: Secret, code: str, message: str = "") -> bool:
         """Is `token` no longer accepted? Reva's gateway lets every call through and an invalid or
@@ -327,7 +329,9 @@ class Gateway:
         now = trio.current_time()
         if self._verified_at is not None and now - self._verified_at < self.verify_interval:
             return False
-        res = await self._unary("WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token)
+        res, _ = await self._unary(
+            "WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token
+        )
         if res.status.code == _CODE_OK:
             self._verified_at = now
             return False
@@ -352,8 +356,9 @@ class Gateway:
         timeout: float | None = None,
         idempotent: bool = True,
         stream: bool = False,
-    ) -> Any:
-        """One gRPC call in a worker thread, with transport retries. Maps grpc.RpcError."""
+    ) -> tuple[Any, bool]:
+        """One gRPC call in a worker thread, with transport retries: (response, whether it was
+        repeated after a transport failure). Maps grpc.RpcError."""
         if self._stub is None:
             raise ServerUnavailable("not connected", op=op, path=path)
         fn: Callable[..., Any] = getattr(self._stub, method)
@@ -368,7 +373,8 @@ class Gateway:
         attempt = 0
         while True:
             try:
-                return await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
+                res = await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
+                return res, attempt > 0
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
                 retry = code is grpc.StatusCode.UNAVAILABLE or (

@@ -14,7 +14,7 @@ from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
 from cs3.storage.provider.v1beta1 import resources_pb2 as res_pb
 from cs3.storage.provider.v1beta1 import spaces_api_pb2 as spaces_pb
 
-from meshfs.errors import InvalidArgument, NotSupported, ServerError
+from meshfs.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, ServerError
 
 from ._convert import (
     lock_from_pb,
@@ -73,7 +73,11 @@ class Storage:
         req = pb.CreateContainerRequest(ref=ref_to_pb(ref))
         if lock_id:
             req.opaque.CopyFrom(opaque({"lockid": lock_id}))
-        await self.gw.call("CreateContainer", req, op="mkdir", path=str(ref), idempotent=False)
+        try:
+            await self.gw.call("CreateContainer", req, op="mkdir", path=str(ref), idempotent=False)
+        except AlreadyExists as e:
+            if not e.retried:  # after a transport failure: our first attempt made it
+                raise
 
     async def touch_file(self, ref: Ref, *, lock_id: str | None = None, mtime_ns: int | None = None) -> None:
         """Create an empty file (AlreadyExists when present)."""
@@ -90,7 +94,11 @@ class Storage:
     async def delete(self, ref: Ref, *, lock_id: str | None = None) -> None:
         """Delete (to the trash) a file or a whole tree."""
         req = pb.DeleteRequest(ref=ref_to_pb(ref), lock_id=lock_id or "")
-        await self.gw.call("Delete", req, op="delete", path=str(ref), idempotent=False)
+        try:
+            await self.gw.call("Delete", req, op="delete", path=str(ref), idempotent=False)
+        except NotFound as e:
+            if not e.retried:  # after a transport failure: our first attempt deleted it
+                raise
 
     async def set_metadata(self, ref: Ref, values: Mapping[str, str], *, lock_id: str | None = None) -> None:
         """Set arbitrary metadata keys. The key `mtime` (`<unix>.<nanos>`) sets the modification time."""

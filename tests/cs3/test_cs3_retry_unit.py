@@ -38,7 +38,7 @@ class FakeStub:
             raise step
         return pb.StatResponse(status=status_pb2.Status(code=step, message="scripted"))
 
-    Move = Stat
+    Move = CreateContainer = Delete = Stat
 
     def WhoAmI(self, request: object, metadata: object = (), timeout: float | None = None) -> object:
         self.calls.append("WhoAmI")
@@ -107,3 +107,25 @@ async def test_secret_not_in_transport_error(autojump_clock) -> None:  # type: i
     with pytest.raises(Exception) as exc:
         await gw.call("Stat", pb.StatRequest(), op="stat")
     assert "tok inside" not in str(exc.value) and "*** inside" in str(exc.value)
+
+
+async def test_mkdir_and_delete_repeated_after_transport_failure(autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    """The first attempt may have been carried out before the connection broke: AlreadyExists /
+    NotFound to the repetition mean success; without a repetition they stand."""
+    from meshfs.cs3 import Ref, Storage
+    from meshfs.errors import AlreadyExists
+
+    lost = FakeRpcError(grpc.StatusCode.UNAVAILABLE)
+    stub = FakeStub([lost, code_pb2.CODE_ALREADY_EXISTS, lost, code_pb2.CODE_NOT_FOUND])
+    gw = gateway(stub, backoff=0.01)
+    gw._verified_at = trio.current_time() + 1e9  # token known good
+    st = Storage(gw)
+    await st.create_container(Ref(path="/users/x/d"))
+    await st.delete(Ref(path="/users/x/d"))
+    assert len(stub.calls) == 4
+    stub.script = [code_pb2.CODE_ALREADY_EXISTS, code_pb2.CODE_NOT_FOUND]
+    with pytest.raises(AlreadyExists) as exc:
+        await st.create_container(Ref(path="/users/x/d"))
+    assert not exc.value.retried
+    with pytest.raises(NotFound):
+        await st.delete(Ref(path="/users/x/d"))
