@@ -331,12 +331,15 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # revad's console log is coloured
+
+
 def _log_tail(stack: Stack, lines: int = 40) -> str:
     try:
         text = stack.logfile.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text[-lines:])
+    return "\n".join(ANSI.sub("", line) for line in text[-lines:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +573,7 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
                 timeout,
             )
         except BaseException:
-            _stop_pid(stack, proc.pid)
+            _stop_child(proc)
             stack.pidfile.unlink(missing_ok=True)
             raise
         print(_describe(stack, proc.pid))
@@ -593,6 +596,18 @@ def _warn_if_stale(stack: Stack, extra: dict[str, str] | None) -> None:
             "(memory shares are lost on restart)",
             file=sys.stderr,
         )
+
+
+def _stop_child(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Stop a revad this process started (SIGTERM, bounded wait, SIGKILL) and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5.0)
 
 
 def _stop_pid(stack: Stack, pid: int, grace: float = 15.0) -> None:

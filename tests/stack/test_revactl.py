@@ -195,3 +195,37 @@ def test_short_token_lifetime_and_what_reva_answers_after_expiry(private_env: di
             stub.GetHome(sp.GetHomeRequest(), metadata=md, timeout=30)
         assert err.value.code() == grpc.StatusCode.UNKNOWN
         assert "user not found in context" in (err.value.details() or "")
+
+
+def _fake_revad(tmp_path: Path, body: str) -> Path:
+    fake = tmp_path / "fake-revad"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_up_reports_a_revad_that_dies_with_its_log_tail(tmp_path: Path) -> None:
+    fake = _fake_revad(tmp_path, 'echo "boom: cannot start" >&2; exit 3')
+    env = dict(
+        os.environ, REVA_BIN=str(fake), REVA_VAR_DIR=str(tmp_path / "var"), REVA_INSTANCE="pytest-dies"
+    )
+    env["REVA_PORT_OFFSET"] = "690"
+    res = run(env, "up")
+    assert res.returncode == 1
+    assert res.stderr.startswith("revactl: revad exited with status 3 during start-up; log tail (")
+    assert "boom: cannot start" in res.stderr
+    assert not (tmp_path / "var" / "revad.pid").exists()
+
+
+def test_up_gives_up_after_the_timeout_and_stops_what_it_started(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    fake = _fake_revad(tmp_path, f'echo $$ > "{marker}"; exec sleep 600')
+    env = dict(
+        os.environ, REVA_BIN=str(fake), REVA_VAR_DIR=str(tmp_path / "var"), REVA_INSTANCE="pytest-hangs"
+    )
+    env.update(REVA_PORT_OFFSET="690", REVA_UP_TIMEOUT="1")
+    res = run(env, "up")
+    assert res.returncode == 1
+    assert res.stderr.startswith("revactl: revad not ready after 1 s (PROPFIND as einstein:")
+    pid = int(marker.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # revactl waited for (and reaped) its child before exiting
