@@ -112,6 +112,8 @@ class WriteBack:
         self.conflicts: list[Conflict] = []
         #: mtimes set (utimens) on dirty files: the next upload of that key carries them
         self.mtimes: dict[str, int] = {}
+        #: the CS3 lock id we currently hold on a key (the vfs's lock manager), if any
+        self.lock_of: Callable[[str], str | None] = lambda key: None
         self.uploaded_bytes = 0
         self.uploads_done = 0
 
@@ -375,9 +377,10 @@ class WriteBack:
         fresh: bool = False,
     ) -> UploadResult:
         mtime_ns = self.mtimes.get(rec.key)
+        lock_id = self.lock_of(rec.key) or rec.lock_id
         if size <= self.chunk_size:
             return await self.transfer.upload(
-                ref, cf.fd, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=rec.lock_id,
+                ref, cf.fd, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id,
                 mtime_ns=mtime_ns,
             )  # fmt: skip
         session: TusSession | None = None
@@ -399,7 +402,7 @@ class WriteBack:
                 size,
                 if_match=if_match,
                 if_not_exist=if_not_exist,
-                lock_id=rec.lock_id,
+                lock_id=lock_id,
                 mtime_ns=mtime_ns,
             )
             token = session.to_json()

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from meshfs.cache.store import CacheStore, StoreError
+from meshfs.cache.store import CacheStore, StoreError, checkpoint_loop
 from meshfs.cache.writeback import WriteBack
 from meshfs.config import Config, ConfigError
 from meshfs.cs3 import (
@@ -33,6 +33,7 @@ from meshfs.cs3 import (
 from meshfs.errors import MeshError, NotFound
 from meshfs.fuse import Session
 from meshfs.vfs.inodes import InodeTable, Kind
+from meshfs.vfs.locks import LockManager
 from meshfs.vfs.ops import MeshOps
 from meshfs.vfs.tree import HOME_INODE, Tree
 
@@ -111,6 +112,12 @@ class MeshFilesystem:
             chunk_size=self.config.upload_chunk_size,
             locate=self._locate,
         )
+        self.locks = LockManager(
+            self.storage,
+            lambda: self.gateway.user,
+            expiry=self.config.lock_expiry,
+            refresh_interval=self.config.lock_refresh_interval,
+        )
         self._ops = MeshOps(
             tree=self.tree,
             storage=self.storage,
@@ -126,8 +133,12 @@ class MeshFilesystem:
             readahead_max=self.config.readahead_max,
             io_limiter=self.io_limiter,
             read_only=self.config.ro,
+            locks=self.locks,
         )
         self.writeback.on_uploaded = self._ops.uploaded
+        self.writeback.lock_of = self._ops.lock_id_for_key
+        await nursery.start(self.locks.refresher)
+        nursery.start_soon(checkpoint_loop, self.store)
         await nursery.start(self.writeback.run)
         if self.config.dir_poll_interval > 0:
             nursery.start_soon(self._poll_remote)
@@ -216,7 +227,7 @@ class MeshFilesystem:
             "conflicts": [
                 {"path": c.path, "copy": c.copy_name, "time": c.when} for c in (wb.conflicts if wb else [])
             ],
-            "locks": [],
+            "locks": self.locks.status() if self._ops else [],
             "errors": list(ops.errors[-20:]) if ops else [],
             "bytes_down": ops.bytes_down if ops else 0,
             "bytes_up": wb.uploaded_bytes if wb else 0,
@@ -238,6 +249,8 @@ class MeshFilesystem:
 
     async def drain(self) -> None:
         """Finish pending uploads (bounded by drain_timeout), then close the cache cleanly."""
+        if self._ops is not None:
+            await self.locks.release_all()
         if self.writeback is not None:
             timeout = self.config.drain_timeout if self.config.drain_timeout > 0 else math.inf
             failures = await self.writeback.sync(None, timeout=timeout)

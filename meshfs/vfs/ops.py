@@ -30,6 +30,9 @@ from meshfs.cache.writeback import WriteBack
 from meshfs.cs3 import Ref, Resource, Storage, Transfer
 from meshfs.errors import AlreadyExists, MeshError, NotFound
 from meshfs.fuse import (
+    F_UNLCK,
+    F_WRLCK,
+    LOCK_END_EOF,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INODE,
@@ -44,7 +47,9 @@ from meshfs.fuse import (
     StatvfsData,
     readdir_reply,
 )
+from meshfs.fuse import Lock as FLock
 from meshfs.vfs.inodes import InodeTable, Kind, Node
+from meshfs.vfs.locks import Conflict, LockManager
 from meshfs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 MODE_KEY = "meshfs.mode"
 XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
 RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
+LOCK_XATTR = b"user.meshfs.lock"
 BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quota
 
 
@@ -93,6 +99,7 @@ class MeshOps(Operations):
         backpressure_timeout: float,
         readahead_max: int,
         io_limiter: trio.CapacityLimiter,
+        locks: LockManager,
         read_only: bool = False,
     ) -> None:
         self.tree = tree
@@ -107,6 +114,7 @@ class MeshOps(Operations):
         self.space = SpaceWaiter(store, limiter=io_limiter)
         self.io = io_limiter
         self.read_only = read_only
+        self.locks = locks
         self.policy = ReadaheadPolicy(max_window=max(readahead_max, 128 * 1024))
         self.session: Session | None = None
         self._handles: dict[int, Handle] = {}
@@ -266,9 +274,17 @@ class MeshOps(Operations):
                     )
             if meta:
                 assert node.rid is not None
-                await self.storage.set_metadata(Ref.to(node.rid), meta)
+                await self.storage.set_metadata(Ref.to(node.rid), meta, lock_id=self._lid(node))
                 await self.tree.stat(node, force=True)
             return self._attr(node)
+
+    def _lid(self, node: Node) -> str | None:
+        """The CS3 lock id our mutating calls on this node must carry (None when we hold none)."""
+        return self.locks.lock_id_of(node.inode)
+
+    def lock_id_for_key(self, key: str) -> str | None:
+        nodes = self.inodes_by_key(key)
+        return self.locks.lock_id_of(nodes[0].inode) if nodes else None
 
     def _check_writable(self, node: Node, *, allow_readonly_dir: bool = False) -> None:
         if self.read_only:
@@ -347,7 +363,9 @@ class MeshOps(Operations):
 
     async def _store_mode(self, node: Node, mode: int) -> None:
         assert node.rid is not None
-        await self.storage.set_metadata(Ref.to(node.rid), {MODE_KEY: f"{mode & 0o7777:o}"})
+        await self.storage.set_metadata(
+            Ref.to(node.rid), {MODE_KEY: f"{mode & 0o7777:o}"}, lock_id=self._lid(node)
+        )
         await self.tree.stat(node, force=True)
 
     def _changed(self, parent: Node, name: str, node: Node | None) -> None:
@@ -369,7 +387,7 @@ class MeshOps(Operations):
             if await self.tree.listing(node):
                 raise FUSEError(errno.ENOTEMPTY)
             assert node.rid is not None
-            await self.storage.delete(Ref.to(node.rid))
+            await self.storage.delete(Ref.to(node.rid), lock_id=self._lid(node))
             node.unlinked = True
             self.tree.forget_listing(node)
             self._changed(parent, text, None)
@@ -386,7 +404,7 @@ class MeshOps(Operations):
             key = str(node.rid)
             if node.open_count > 0:
                 await self._pin_content(node)
-            await self.storage.delete(Ref.to(node.rid))
+            await self.storage.delete(Ref.to(node.rid), lock_id=self._lid(node))
             node.unlinked = True
             self.writeback.forget(key)
             if node.open_count == 0:
@@ -435,7 +453,7 @@ class MeshOps(Operations):
             old_path = self._child_path(old_parent, old_name)
             new_path = self._child_path(new_parent, new_name)
             if target is None:
-                await self.storage.move(Ref.to(node.rid), dst)
+                await self.storage.move(Ref.to(node.rid), dst, lock_id=self._lid(node))
             else:
                 if flags & RENAME_NOREPLACE:
                     raise FUSEError(errno.EEXIST)
@@ -458,19 +476,25 @@ class MeshOps(Operations):
             raise FUSEError(errno.ENOTEMPTY)
         assert node.rid is not None and target.rid is not None
         aside = self.tree.child_ref(new_parent, f".meshfs-replaced-{secrets.token_hex(6)}")
-        await self.storage.move(Ref.to(target.rid), aside)
+        await self.storage.move(Ref.to(target.rid), aside, lock_id=self._lid(target))
         try:
-            await self.storage.move(Ref.to(node.rid), self.tree.child_ref(new_parent, new_name))
+            await self.storage.move(
+                Ref.to(node.rid), self.tree.child_ref(new_parent, new_name), lock_id=self._lid(node)
+            )
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
-                    await self.storage.move(Ref.to(target.rid), self.tree.child_ref(new_parent, new_name))
+                    await self.storage.move(
+                        Ref.to(target.rid),
+                        self.tree.child_ref(new_parent, new_name),
+                        lock_id=self._lid(target),
+                    )
                 except MeshError as e:
                     log.error("rename: could not put %s back (%s); it is at %s", new_name, e, aside)
             raise
         key = str(target.rid)
         try:
-            await self.storage.delete(Ref.to(target.rid))
+            await self.storage.delete(Ref.to(target.rid), lock_id=self._lid(target))
         except MeshError as e:
             log.warning("rename: replaced %s but could not delete its old version (%s)", new_name, e)
         target.unlinked = True
@@ -565,6 +589,14 @@ class MeshOps(Operations):
         if res is None:
             res = node.resource
         assert res is not None
+        if writable or flags & os.O_TRUNC:
+            holder = self.locks.foreign_holder(node.inode, res)
+            if holder is not None:
+                log.info(
+                    "open for write refused: %s is locked by %s", self.tree.path_of(node), holder.describe()
+                )
+                raise FUSEError(errno.EACCES)
+        self.locks.reopened(node.inode)
         before = self.store.lookup(key)
         cf = await trio.to_thread.run_sync(
             lambda: self.store.open_file(key, size=res.size, etag=res.etag, mtime=res.mtime_ns / 1e9),
@@ -663,6 +695,8 @@ class MeshOps(Operations):
                 raise FUSEError(errno.EBADF)
             if h.node.unlinked is False and h.node.readonly:
                 raise FUSEError(errno.EACCES)
+            if self.locks.lost(h.node.inode):
+                raise FUSEError(errno.EIO)  # never write without the lock we think we hold
             await self._dirty(h)
             cf = h.cache
             if h.append:
@@ -698,13 +732,18 @@ class MeshOps(Operations):
                 await self.release(temp.fh, os.O_WRONLY, 0, False)
 
     async def flush(self, fh: int, lock_owner: int) -> None:
-        return None
+        h = self._handles.get(fh)
+        if h is not None:
+            async with self._op("flush", h.node):
+                await self.locks.release_owner(h.node.inode, lock_owner)
 
     async def release(self, fh: int, flags: int, lock_owner: int, flock_release: bool) -> None:
         h = self._handles.get(fh)
         if h is None:
             return
         async with self._op("release", h.node):
+            if flock_release:
+                await self.locks.release_flock(h.node.inode, lock_owner)
             await self._close_handle(h)
 
     async def _close_handle(self, h: Handle) -> None:
@@ -759,6 +798,35 @@ class MeshOps(Operations):
             return []
         return [] if node is None else [node]
 
+    # ---- locks -----------------------------------------------------------------------------------
+
+    async def getlk(self, inode: int, fh: int, owner: int, lock: FLock, ctx: RequestContext) -> FLock:
+        node = self._node(inode)
+        async with self._op("getlk", node):
+            c = self.locks.local_conflict(inode, owner, lock.start, lock.end, lock.type, lock.flock)
+            if c is not None:
+                return FLock(c[1], c[2], c[0], c[3], lock.flock)
+            if self.locks.lock_id_of(inode) is None and node.rid is not None:
+                res = await self.tree.stat(node, force=True)
+                if self.locks.foreign_holder(inode, res) is not None:
+                    return FLock(0, LOCK_END_EOF, F_WRLCK, 0, lock.flock)  # held on another node: pid 0
+            return FLock(lock.start, lock.end, F_UNLCK, 0, lock.flock)
+
+    async def setlk(
+        self, inode: int, fh: int, owner: int, lock: FLock, sleep: bool, ctx: RequestContext
+    ) -> None:
+        node = self._node(inode)
+        async with self._op("setlk", node):
+            if node.rid is None:
+                raise FUSEError(errno.EINVAL)  # virtual directories cannot be locked
+            try:
+                await self.locks.acquire(
+                    inode, node.rid, self.tree.path_of(node), owner, lock.start, lock.end, lock.type,
+                    lock.pid, flock=lock.flock, sleep=sleep,
+                )  # fmt: skip
+            except Conflict:
+                raise FUSEError(errno.EAGAIN) from None
+
     # ---- misc ------------------------------------------------------------------------------------
 
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
@@ -795,6 +863,11 @@ class MeshOps(Operations):
                 if res.checksum is None:
                     raise FUSEError(errno.ENODATA)
                 return f"{res.checksum.type}:{res.checksum.value}".encode()
+            if name == b"user.meshfs.lock":
+                text = self.locks.holder_text(node.inode, await self.tree.stat(node, force=True))
+                if text is None:
+                    raise FUSEError(errno.ENODATA)
+                return text.encode()
             if name == b"user.meshfs.state":
                 return self.writeback.state_of(str(node.rid)).encode()
             key = self._xattr_key(name)
@@ -847,7 +920,7 @@ class MeshOps(Operations):
                 text = value.decode("utf-8")
             except UnicodeDecodeError:
                 raise FUSEError(errno.EINVAL) from None
-            await self.storage.set_metadata(Ref.to(node.rid), {key: text})
+            await self.storage.set_metadata(Ref.to(node.rid), {key: text}, lock_id=self._lid(node))
             await self.tree.stat(node, force=True)
 
     async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
@@ -861,5 +934,5 @@ class MeshOps(Operations):
             assert res is not None and node.rid is not None
             if key not in res.metadata:
                 raise FUSEError(errno.ENODATA)
-            await self.storage.unset_metadata(Ref.to(node.rid), [key])
+            await self.storage.unset_metadata(Ref.to(node.rid), [key], lock_id=self._lid(node))
             await self.tree.stat(node, force=True)
