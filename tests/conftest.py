@@ -11,6 +11,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,9 @@ def _revactl_ok(*args: str, timeout: float) -> str:
             f"{proc.stdout}{proc.stderr}",
             pytrace=False,
         )
+    for line in proc.stderr.splitlines():
+        if "warning" in line:  # e.g. the running stack predates the templates: show it in the summary
+            warnings.warn(line, stacklevel=1)
     return proc.stdout
 
 
