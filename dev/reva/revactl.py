@@ -166,13 +166,14 @@ def stack_from_env() -> Stack:
 
 
 def ocm_stacks() -> list[Stack]:
-    """The two OCM instances of `--ocm` (var dirs .cache/reva/ocm-*, ports shifted by REVA_PORT_OFFSET)."""
+    """The two OCM instances of `--ocm` (.cache/reva/ocm-*[-<offset>], ports shifted by REVA_PORT_OFFSET)."""
     base = _port_offset()
     out = []
     for name, domain, offset in OCM_PAIR:
         table = {**MAIN_PORTS, **OCM_PORTS}
         ports = {key: default + base + offset for key, (default, _env) in table.items()}
-        out.append(_make_stack(name, CACHE / "reva" / name, ports, "ocm", domain, f"https://{domain}"))
+        inst = name if base == 0 else f"{name}-{base}"  # parallel pairs get their own var dirs
+        out.append(_make_stack(inst, CACHE / "reva" / inst, ports, "ocm", domain, f"https://{domain}"))
     return out
 
 
