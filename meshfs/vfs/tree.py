@@ -265,7 +265,11 @@ class Tree:
         if parent.virtual is Virtual.SHARED_BY_ME:
             mine = await self.shares.list_shares()
             seen: dict[str, Node] = {}
+            ids: set[str] = set()
             for share in mine:
+                if str(share.resource_id) in ids:  # one entry per resource, however many grantees
+                    continue
+                ids.add(str(share.resource_id))
                 try:
                     res = await self.storage.stat(Ref.to(share.resource_id))
                 except NotFound:
