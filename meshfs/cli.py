@@ -133,20 +133,12 @@ MOUNT_EPILOG_TAIL = _dedent("""
 
 
 def _mount_epilog() -> str:
-    """The option reference, rendered from meshfs.config's option table (one source of truth)."""
+    """The option reference, rendered by meshfs.config from its option table (one source of truth)."""
     from meshfs import config as cfgmod
 
     width = min(100, shutil.get_terminal_size().columns) - 6
-    lines = [MOUNT_EPILOG_HEAD, "", "options (name, type, default):"]
-    for option in cfgmod.OPTIONS:
-        default = cfgmod._default_doc(option)
-        lines.append(f"  {option.name} ({option.type}, default {default})")
-        lines.extend(
-            textwrap.wrap(
-                option.doc.replace("`", ""), width, initial_indent="      ", subsequent_indent="      "
-            )
-        )
-    return "\n".join([*lines, "", MOUNT_EPILOG_TAIL])
+    text = cfgmod.options_text(width)
+    return "\n".join([MOUNT_EPILOG_HEAD, "", "options:", text, MOUNT_EPILOG_TAIL])
 
 
 UMOUNT_DESCRIPTION = _dedent("""
@@ -192,6 +184,76 @@ FORWARD_DESCRIPTION = _dedent("""
     Forwarded to the running daemon of the mount that contains the current directory (or --mount).
     ARGS are passed as they are; the filesystem interprets them.
 """)
+
+
+SHARE_DESCRIPTION = _dedent("""
+    Share files and folders of a meshfs mount, and accept or decline what others share with you.
+    The running daemon of the mount does the work (the mount containing PATH, else --mount, else
+    the mount containing the current directory, else the only one).
+
+      meshfs share add PATH WHO --role viewer|editor   share PATH (inside the mount) with WHO
+      meshfs share ls [PATH]                           shares of PATH, or all shares by and with you
+      meshfs share rm PATH WHO                         stop sharing PATH with WHO
+      meshfs share pending                             shares waiting in shared-with-me/.pending/
+      meshfs share accept NAME                         accept .pending/NAME (same as mv it out)
+      meshfs share decline NAME                        decline a pending or accepted share
+
+    WHO is a username, an email or a unique part of a name (see `meshfs users`); an unknown or
+    ambiguous WHO lists the candidates and changes nothing. NAME is an entry of
+    shared-with-me/.pending/ (or shared-with-me/), a path to one, or a share id.
+""")
+
+USERS_DESCRIPTION = _dedent("""
+    Find users to share with: QUERY is part of a first or last name, or a username or email.
+""")
+
+
+def _share_common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    default: Any = None if top else argparse.SUPPRESS
+    p.add_argument(
+        "--mount", metavar="MOUNTPOINT", default=default, help="the mount to ask (default: see above)"
+    )
+    p.add_argument(
+        "--json", action="store_true", default=False if top else argparse.SUPPRESS, help="print JSON"
+    )
+
+
+def _add_share_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "share",
+        help="share files, accept shares",
+        description=SHARE_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    _share_common(p, top=True)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("add", help="share PATH with WHO", formatter_class=_HelpFormatter)
+    a.add_argument("path", metavar="PATH")
+    a.add_argument("who", metavar="WHO", help="username, email or a unique part of a name")
+    a.add_argument("--role", required=True, choices=("viewer", "editor"), type=str.lower)
+    _share_common(a, top=False)
+    a = actions.add_parser("ls", help="list shares", formatter_class=_HelpFormatter)
+    a.add_argument("path", metavar="PATH", nargs="?")
+    _share_common(a, top=False)
+    a = actions.add_parser("rm", help="stop sharing PATH with WHO", formatter_class=_HelpFormatter)
+    a.add_argument("path", metavar="PATH")
+    a.add_argument("who", metavar="WHO")
+    _share_common(a, top=False)
+    for name, text in (("accept", "accept a pending share"), ("decline", "decline a share")):
+        a = actions.add_parser(name, help=text, formatter_class=_HelpFormatter)
+        a.add_argument("name", metavar="NAME")
+        _share_common(a, top=False)
+    a = actions.add_parser("pending", help="list pending shares", formatter_class=_HelpFormatter)
+    _share_common(a, top=False)
+
+    p = sub.add_parser(
+        "users",
+        help="find users to share with",
+        description=USERS_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("query", metavar="QUERY")
+    _share_common(p, top=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,11 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--token-file", metavar="F")
     p.add_argument("--cache-dir", metavar="DIR")
 
-    for name, text in (
-        ("share", "manage shares (forwarded to the daemon)"),
-        ("users", "find users to share with (forwarded to the daemon)"),
-        ("lock", "show or manage CS3 locks (forwarded to the daemon)"),
-    ):
+    _add_share_parsers(sub)
+    for name, text in (("lock", "show or manage CS3 locks (forwarded to the daemon)"),):
         p = sub.add_parser(name, help=text, description=FORWARD_DESCRIPTION, formatter_class=_HelpFormatter)
         p.add_argument(
             "--mount", metavar="MOUNTPOINT", help="the mount to ask (default: the one containing .)"
@@ -692,6 +751,116 @@ def cmd_forward(ns: argparse.Namespace) -> int:
     return 0
 
 
+# ===================================================================================== share/users
+
+
+def _share_entry(ns: argparse.Namespace, path: str | None) -> control.MountEntry:
+    """The daemon to ask: the mount containing PATH, else --mount, else the one containing ., else
+    the only one. A PATH outside the chosen mount is an error."""
+    chosen = None
+    if ns.mount:
+        chosen = control.find_entry(ns.mount)
+        if chosen is None:
+            raise Failure(f"{ns.mount} is not a meshfs mount of yours")
+    if path is not None:
+        entry = control.find_entry(path)
+        if entry is None or (chosen is not None and entry.mountpoint != chosen.mountpoint):
+            where = chosen.mountpoint if chosen else "a meshfs mount of yours"
+            raise Failure(
+                f"{os.path.abspath(path)} is not inside {where}: only paths in the mount can be shared"
+            )
+        return entry
+    if chosen is not None:
+        return chosen
+    entry = control.find_entry(".")
+    if entry is not None:
+        return entry
+    entries = control.list_entries()
+    if len(entries) == 1:
+        return entries[0]
+    raise Failure(
+        "no meshfs mount contains the current directory; say which with --mount MOUNTPOINT"
+        if entries
+        else "no meshfs mount is running"
+    )
+
+
+def _share_name(ns: argparse.Namespace) -> tuple[control.MountEntry, str]:
+    """accept/decline NAME: a path inside a mount becomes mount-relative; else a plain name."""
+    name: str = ns.name
+    if "/" in name or os.path.lexists(name):
+        entry = control.find_entry(name)
+        if entry is not None and (not ns.mount or control.find_entry(ns.mount) == entry):
+            return entry, control.relative_to_mount(name, entry).lstrip("/")
+    return _share_entry(ns, None), name
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    cells = [[str(r.get(key, "")) or "-" for key, _ in columns] for r in rows]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (_, title) in enumerate(columns)]
+    print("  ".join(t.ljust(w) for (_, t), w in zip(columns, widths, strict=True)).rstrip())
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
+
+
+_SHARE_COLUMNS = (
+    ("direction", "DIR"), ("path", "PATH"), ("user", "USER"), ("role", "ROLE"), ("state", "STATE"),
+    ("id", "ID"),
+)  # fmt: skip
+
+
+def cmd_share(ns: argparse.Namespace) -> int:
+    """`meshfs share ACTION ...` and `meshfs users QUERY`: ask the daemon, print a table or JSON."""
+    if ns.command == "users":
+        entry, name, args = _share_entry(ns, None), "users", {"query": ns.query}
+    else:
+        name, args = "share", {"action": ns.action}
+        if ns.action in ("add", "rm", "ls") and getattr(ns, "path", None):
+            entry = _share_entry(ns, ns.path)
+            args["path"] = control.relative_to_mount(ns.path, entry).lstrip("/")
+        elif ns.action in ("accept", "decline"):
+            entry, args["name"] = _share_name(ns)
+        else:
+            entry = _share_entry(ns, None)
+        if ns.action in ("add", "rm"):
+            args["who"] = ns.who
+        if ns.action == "add":
+            args["role"] = ns.role
+    what = ns.command if ns.command == "users" else f"share {ns.action}"
+    try:
+        with control.ControlClient(entry.socket, timeout=None) as client:
+            answer = client.request("command", name=name, args=args)
+    except control.ControlError as e:
+        raise Failure(f"{what}: {e}") from None
+    if not isinstance(answer, dict):
+        raise Failure(f"{what}: the daemon gave an unexpected answer: {answer!r}")
+    if ns.json:
+        print(json.dumps(answer, indent=2, default=str))
+    elif "users" in answer:
+        cols = (("username", "USERNAME"), ("display_name", "NAME"), ("mail", "EMAIL"), ("idp", "IDP"))
+        _table(list(answer["users"]), cols, "no users found")
+    elif ns.action == "add":
+        s = answer["share"]
+        print(f"shared {s['path']} with {s['user']} as {s['role']} (share {s['id']})")
+    elif ns.action == "rm":
+        for s in answer["removed"]:
+            print(f"stopped sharing {s['path']} with {s['user']} (share {s['id']})")
+    elif ns.action == "accept":
+        s = answer["share"]
+        print(f"accepted: {s['path'] or s['id']} (from {s['user']}, {s['role']})")
+    elif ns.action == "decline":
+        s = answer["share"]
+        print(f"declined share {s['id']} from {s['user']}")
+    else:
+        _table(
+            list(answer["shares"]), _SHARE_COLUMNS, "no shares" if ns.action == "ls" else "no pending shares"
+        )
+    return 0
+
+
 # ========================================================================================= doctor
 
 
@@ -896,6 +1065,8 @@ def _doctor_credentials(c: _Checks, config: Any) -> None:
         return
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "UNAVAILABLE" in first and config.tls:
+            first += " (tls is on: if the gateway speaks plain gRPC, use -o tls=false)"
         c.fail(f"the gateway refused the login: {first}")
         return
     c.ok(f"credentials accepted by {server.address}: authenticated as {who}")
@@ -905,6 +1076,8 @@ def _doctor_credentials(c: _Checks, config: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core logs TLS handshake details to stderr at INFO; our errors say it in one line
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = normalize_argv(raw, sys.argv[0] if argv is None else PROG)
     parser = build_parser()
@@ -924,6 +1097,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sync(ns)
         if ns.command == "doctor":
             return cmd_doctor(ns)
+        if ns.command in ("share", "users"):
+            return cmd_share(ns)
         return cmd_forward(ns)
     except UsageError as e:
         _die(str(e), 2)

@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -38,7 +39,8 @@ from typing import Any, Final, Protocol
 import trio
 
 from meshfs import control
-from meshfs.errors import MeshError
+from meshfs.config import ConfigError
+from meshfs.errors import MeshError, ServerUnavailable
 
 log = logging.getLogger("meshfs.daemon")
 
@@ -380,6 +382,9 @@ class Daemon:
         # resolve symlinks now: after the mount a stat of the mountpoint is served by this very
         # process, so the trio thread must never touch it again
         self.plan = dataclasses.replace(self.plan, mountpoint=os.path.realpath(self.plan.mountpoint))
+        # no core dumps: the process holds the password/token in memory
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         lock = CacheDirLock(self.plan.cache_dir)
         try:
             check_mountpoint(self.plan.mountpoint)
@@ -430,7 +435,7 @@ class Daemon:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             await self._emergency_unmount()
-            failure = _first(exc, (StartupError, MeshError, OSError, trio.TooSlowError))
+            failure = _first(exc, (StartupError, MeshError, ConfigError, OSError, trio.TooSlowError))
             if failure is None:
                 log.error("internal error", exc_info=exc)
                 return self._fail(f"internal error: {_one_line(exc)} (traceback in the log)")
@@ -439,6 +444,8 @@ class Daemon:
                 message = "the kernel did not start the FUSE session within 30 s"
             elif isinstance(failure, OSError) and not isinstance(failure, MeshError) and failure.filename:
                 message = f"{failure.filename}: {failure.strerror}"
+            elif isinstance(failure, ServerUnavailable) and getattr(self.config, "tls", False):
+                message += " (tls is on: if the gateway speaks plain gRPC, use -o tls=false)"
             return self._fail(message)
         finally:
             if entry is not None:

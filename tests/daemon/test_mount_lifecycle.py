@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SOURCE, Rig, mounted, one_line, pid_alive, wait_for
+from rigs import SOURCE, Rig, mounted, one_line, pid_alive, wait_for
 
 pytestmark = pytest.mark.fuse
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SOURCE, Rig, mounted, pid_alive, wait_for
+from rigs import REPO, SOURCE, Rig, mounted, pid_alive, wait_for
 
 UNITS = REPO / "systemd"
 HELPER = REPO / "dev" / "mount.meshfs"

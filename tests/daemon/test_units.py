@@ -73,7 +73,7 @@ def test_mount_help_lists_every_config_option() -> None:
 
     text = cli.build_parser()._subparsers._group_actions[0].choices["mount"].format_help()  # type: ignore[union-attr]
     for option in OPTIONS:
-        assert f"  {option.name} (" in text
+        assert f"  {option.name}=" in text
 
 
 def test_usage_error_is_exit_2_one_line(tmp_path: Path) -> None:
