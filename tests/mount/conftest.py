@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mounthelp import WebDav, run_meshfs, wait_for  # type: ignore[import-not-found]
 
 UMOUNT_TIMEOUT = 60.0
@@ -96,8 +94,13 @@ class Mounter:
         problems: list[str] = []
         if is_mounted(info.mountpoint):
             try:
-                proc = run_meshfs("umount", os.fspath(info.mountpoint), "--timeout", str(UMOUNT_TIMEOUT),
-                                  timeout=UMOUNT_TIMEOUT + 30)
+                proc = run_meshfs(
+                    "umount",
+                    os.fspath(info.mountpoint),
+                    "--timeout",
+                    str(UMOUNT_TIMEOUT),
+                    timeout=UMOUNT_TIMEOUT + 30,
+                )
                 if proc.returncode != 0:
                     problems.append(f"umount {info.mountpoint}: {proc.stderr.strip()}")
             except subprocess.TimeoutExpired:
@@ -132,7 +135,7 @@ def _umount_all(mounter: Mounter) -> None:
 
 @pytest.fixture
 def mount_factory(reva: Any, tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """mount_factory(user="einstein", *options, cache_dir=None) -> mountpoint of a fresh mount (own cache dir)."""
+    """mount_factory(user="einstein", *options, cache_dir=None) -> mountpoint of a fresh mount."""
     m = Mounter(reva, tmp_path / "m")
     try:
         yield m.mount
@@ -159,7 +162,7 @@ def unique_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def work(mount: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A fresh directory home/<unique> on the shared einstein mount; removed again afterwards (best effort)."""
+    """A fresh directory home/<unique> on the shared einstein mount; removed afterwards (best effort)."""
     d = mount / "home" / unique_name(request)
     d.mkdir()
     try:

@@ -28,7 +28,9 @@ CLI_TIMEOUT = 120.0
 T = TypeVar("T")
 
 
-def run_meshfs(*args: str, timeout: float = CLI_TIMEOUT, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_meshfs(
+    *args: str, timeout: float = CLI_TIMEOUT, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """`python -m meshfs ARGS` with a bounded run time; with check=True a failure raises with its output."""
     proc = subprocess.run(
         [sys.executable, "-m", "meshfs", *args],
@@ -39,7 +41,9 @@ def run_meshfs(*args: str, timeout: float = CLI_TIMEOUT, check: bool = False) ->
         cwd=REPO,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"`meshfs {' '.join(args)}` failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        raise AssertionError(
+            f"`meshfs {' '.join(args)}` failed ({proc.returncode}): {proc.stdout}{proc.stderr}"
+        )
     return proc
 
 
@@ -110,8 +114,12 @@ class WebDav:
     def url(self, rel: str) -> str:
         return self.base + urllib.parse.quote(rel.lstrip("/"))
 
-    def _do(self, method: str, rel: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
-        req = urllib.request.Request(self.url(rel), data=data, method=method, headers={**self.headers, **(headers or {})})
+    def _do(
+        self, method: str, rel: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        req = urllib.request.Request(
+            self.url(rel), data=data, method=method, headers={**self.headers, **(headers or {})}
+        )
         return urllib.request.urlopen(req, timeout=60)
 
     def get(self, rel: str) -> bytes:

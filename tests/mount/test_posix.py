@@ -11,6 +11,7 @@ import ctypes.util
 import errno
 import os
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -565,7 +566,7 @@ def test_statfs(work: Path) -> None:
     assert st.f_namemax == 255
     assert st.f_blocks >= st.f_bfree >= 0
     assert st.f_bavail <= st.f_bfree
-    df = __import__("subprocess").run(["df", "-k", os.fspath(work)], capture_output=True, text=True, timeout=30)
+    df = subprocess.run(["df", "-k", os.fspath(work)], capture_output=True, text=True, timeout=30)
     assert df.returncode == 0, df.stderr
 
 
@@ -579,7 +580,14 @@ def test_symlink_and_hard_link_are_eperm(work: Path) -> None:
 
 
 def test_utf8_names_with_spaces_and_accents(work: Path, mount_factory: Callable[..., Path]) -> None:
-    names = ["with space.txt", "Übergrößenträger é à ñ.md", "日本語のファイル", "emoji 🚀 x", "a'b\"c", "tab\there"]
+    names = [
+        "with space.txt",
+        "Übergrößenträger é à ñ.md",
+        "日本語のファイル",
+        "emoji 🚀 x",
+        "a'b\"c",
+        "tab\there",
+    ]
     for n in names:
         write(work / n, n.encode())
     (work / "dir é").mkdir()
