@@ -35,6 +35,7 @@ from meshfs.fuse import Session
 from meshfs.vfs.inodes import InodeTable, Kind
 from meshfs.vfs.locks import LockManager
 from meshfs.vfs.ops import MeshOps
+from meshfs.vfs.shares import ShareCommands
 from meshfs.vfs.tree import HOME_INODE, Tree
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class MeshFilesystem:
             attr_ttl=config.attr_ttl,
             entry_ttl=config.entry_ttl,
             negative_ttl=config.negative_ttl,
+        )
+        self.share_commands = ShareCommands(
+            self.tree, self.shares, lambda: self.gateway.user, lambda: self.session
         )
         self.store: CacheStore | None = None
         self._ops: MeshOps | None = None
@@ -136,6 +140,9 @@ class MeshFilesystem:
             locks=self.locks,
         )
         self.writeback.on_uploaded = self._ops.uploaded
+        self._ops.share_commands = self.share_commands
+        if self.config.dir_poll_interval > 0:
+            await nursery.start(self.share_commands.watch, self.config.dir_poll_interval)
         self.writeback.lock_of = self._ops.lock_id_for_key
         await nursery.start(self.locks.refresher)
         nursery.start_soon(checkpoint_loop, self.store)
@@ -262,6 +269,8 @@ class MeshFilesystem:
         await self.gateway.aclose()
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if name in ("share", "users"):
+            return await self.share_commands.run(name, args)
         raise MeshError(f"unknown command {name!r}", op="command")
 
     def home_inode(self) -> int:

@@ -11,6 +11,7 @@ Must not import: grpc, cs3apis, urllib3 (the server is reached through meshfs.cs
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import os
@@ -50,6 +51,7 @@ from meshfs.fuse import (
 from meshfs.fuse import Lock as FLock
 from meshfs.vfs.inodes import InodeTable, Kind, Node
 from meshfs.vfs.locks import Conflict, LockManager
+from meshfs.vfs.shares import GRANTEES_XATTR, ShareCommands
 from meshfs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,29 @@ MODE_KEY = "meshfs.mode"
 XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
 RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
 LOCK_XATTR = b"user.meshfs.lock"
+B64_TAG = "b64:"
 BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quota
+
+
+def encode_xattr(value: bytes) -> str:
+    """CS3 metadata values are strings: UTF-8 text without NUL is stored as is, anything else (and
+    text that would look encoded) as "b64:" + base64, so every byte string round-trips."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text or text.startswith(B64_TAG):
+        return B64_TAG + base64.b64encode(value).decode("ascii")
+    return text
+
+
+def decode_xattr(value: str) -> bytes:
+    if value.startswith(B64_TAG):
+        try:
+            return base64.b64decode(value[len(B64_TAG) :], validate=True)
+        except ValueError:
+            pass
+    return value.encode("utf-8", "surrogateescape")
 
 
 @dataclass(slots=True, eq=False)
@@ -115,6 +139,7 @@ class MeshOps(Operations):
         self.io = io_limiter
         self.read_only = read_only
         self.locks = locks
+        self.share_commands: ShareCommands | None = None  # set by MeshFilesystem.start
         self.policy = ReadaheadPolicy(max_window=max(readahead_max, 128 * 1024))
         self.session: Session | None = None
         self._handles: dict[int, Handle] = {}
@@ -432,6 +457,15 @@ class MeshOps(Operations):
         old_name, new_name = self._name(name_old), self._name(name_new)
         what = f"{self._child_path(old_parent, old_name)} -> {self._child_path(new_parent, new_name)}"
         async with self._op("rename", what):
+            if old_parent.virtual is not None or new_parent.virtual is not None:
+                if self.read_only:
+                    raise FUSEError(errno.EROFS)
+                if self.share_commands is None or flags:
+                    raise FUSEError(errno.EPERM)
+                # mv shared-with-me/.pending/X shared-with-me/[Y] accepts the share (as Y);
+                # every other rename from/into a virtual dir is EPERM
+                await self.share_commands.accept_by_rename(old_parent, old_name, new_parent, new_name)
+                return
             self._check_dir_writable(old_parent)
             self._check_dir_writable(new_parent)
             if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
@@ -870,11 +904,13 @@ class MeshOps(Operations):
                 return text.encode()
             if name == b"user.meshfs.state":
                 return self.writeback.state_of(str(node.rid)).encode()
+            if name == GRANTEES_XATTR and self.share_commands is not None:
+                return await self.share_commands.grantees(node)
             key = self._xattr_key(name)
             value = res.metadata.get(key)
             if value is None:
                 raise FUSEError(errno.ENODATA)
-            return value.encode("utf-8", "surrogateescape")
+            return decode_xattr(value)
 
     @staticmethod
     def _xattr_key(name: bytes) -> str:
@@ -897,7 +933,8 @@ class MeshOps(Operations):
                 return []
             names = [k[len(XATTR_PREFIX) :].encode() for k in res.metadata if k.startswith(XATTR_PREFIX)]
             ro = [n for n in RO_XATTRS if n != b"user.meshfs.checksum" or res.checksum is not None]
-            return names + ro
+            extra = [GRANTEES_XATTR] if self.share_commands is not None else []
+            return names + ro + extra
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, flags: int, ctx: RequestContext) -> None:
         node = self._node(inode)
@@ -916,10 +953,7 @@ class MeshOps(Operations):
                 raise FUSEError(errno.ENODATA)
             if len(value) > 64 * 1024:
                 raise FUSEError(errno.E2BIG)
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FUSEError(errno.EINVAL) from None
+            text = encode_xattr(value)
             await self.storage.set_metadata(Ref.to(node.rid), {key: text}, lock_id=self._lid(node))
             await self.tree.stat(node, force=True)
 
