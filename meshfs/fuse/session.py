@@ -215,8 +215,8 @@ class Session:
     """One FUSE connection serving `ops`. See the module docstring for the life cycle.
 
     Attributes after mount: `mountpoint`, `options`, `fd` (the /dev/fuse fd);
-    after INIT: `conn` (ConnectionInfo); `initialized` is a trio.Event (set after INIT, only
-    meaningful inside run()).
+    after INIT: `conn` (ConnectionInfo); `initialized` is a trio.Event created by mount() and set
+    by run() once INIT was answered (await it before touching the mountpoint from the same loop).
     """
 
     def __init__(self, ops: Operations) -> None:
@@ -294,6 +294,7 @@ class Session:
         os.set_blocking(self.fd, False)
         self.mountpoint = mp
         self._mounted = True
+        self.initialized = trio.Event()
         self._closed = False
         self._stopping = False
         log.info("meshfs.fuse: mounted %s at %s", opts.fsname, mp)
@@ -495,7 +496,8 @@ class Session:
         if self.fd < 0:
             raise MountError("Session.run() needs a mounted session (call mount() first)")
         self._token = trio.lowlevel.current_trio_token()
-        self.initialized = trio.Event()
+        if self.initialized is None or self.initialized.is_set():
+            self.initialized = trio.Event()
         self._limiter = trio.Semaphore(self.options.max_tasks)
         self._notify_send, self._notify_recv = trio.open_memory_channel(float("inf"))
         self._notify_progress = trio.Event()

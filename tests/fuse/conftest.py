@@ -77,6 +77,7 @@ class Mounted:
     session: Session
     token: trio.lowlevel.TrioToken
     errors: list[BaseException]
+    thread: threading.Thread
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a plain function inside the daemon's trio thread (to touch MemFS state safely)."""
@@ -114,7 +115,7 @@ def serve(path: Path, fs: MemFS | None = None, options: MountOptions | None = No
         token = tokens.get(timeout=10)
         if token is None:
             raise AssertionError(f"the session loop died at start: {errors!r}")
-        yield Mounted(path, fs, session, token, errors)
+        yield Mounted(path, fs, session, token, errors, thread)
     finally:
         try:
             session.unmount()

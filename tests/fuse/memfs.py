@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -106,6 +106,12 @@ class MemFS(Operations):
         self.hanging = 0
         self.cancelled = 0
         self.forgotten: int = 0
+        self.destroyed = False
+        #: called (in the trio thread) at the start of every read: hook(fh, off, size)
+        self.read_hook: Callable[[int, int, int], None] | None = None
+
+    async def destroy(self) -> None:
+        self.destroyed = True
 
     # ------------------------------------------------------------------ helpers
     def attr(self, node: Node) -> EntryAttributes:
@@ -381,6 +387,8 @@ class MemFS(Operations):
         return FileInfo(fh=self._fh(node)), self.attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
+        if self.read_hook is not None:
+            self.read_hook(fh, off, size)
         node = self._handle(fh)
         return memoryview(node.data)[off : off + size]
 
