@@ -1,6 +1,6 @@
 """Serve a MemFS at a mountpoint as a separate process (tests: stale mounts, non-root mounts).
 
-Usage: python daemon.py MOUNTPOINT [--die-after-init] [--fsname NAME]
+Usage: python daemon.py MOUNTPOINT [--die-after-init] [--fsname NAME] [--allow-other]
 Prints `ready <uid>` once the kernel's INIT was answered; unmounts and exits 0 when stdin
 reaches EOF or on SIGTERM. With --die-after-init it exits abruptly (os._exit) right after INIT,
 leaving a stale mount behind, like a crashed daemon.
@@ -27,7 +27,9 @@ from meshfs.fuse import MountError, MountOptions, Session
 async def main(args: argparse.Namespace) -> int:
     session = Session(MemFS())
     try:
-        session.mount(args.mountpoint, MountOptions(fsname=args.fsname, subtype="memfs", unmount_grace=1.0))
+        opts = MountOptions(fsname=args.fsname, subtype="memfs", unmount_grace=1.0,
+                            allow_other=args.allow_other)
+        session.mount(args.mountpoint, opts)
     except MountError as e:
         print(f"error {e}", flush=True)
         return 2
@@ -62,4 +64,5 @@ if __name__ == "__main__":
     ap.add_argument("mountpoint")
     ap.add_argument("--die-after-init", action="store_true")
     ap.add_argument("--fsname", default="memfs")
+    ap.add_argument("--allow-other", action="store_true")
     sys.exit(trio.run(main, ap.parse_args()))
