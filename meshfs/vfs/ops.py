@@ -18,7 +18,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -148,6 +148,8 @@ class MeshOps(Operations):
         self._fill_locks: dict[int, trio.Lock] = {}
         self.errors: list[str] = []  # recent failures for `meshfs status`
         self.op_counts: dict[str, int] = {}
+        #: metrics hook: called once per request with (op, errno or 0, seconds)
+        self.observe: Callable[[str, int, float], None] | None = None
         self.bytes_down = 0
 
     # ---- the errno boundary ----------------------------------------------------------------------
@@ -155,9 +157,12 @@ class MeshOps(Operations):
     @asynccontextmanager
     async def _op(self, op: str, what: str | Node) -> AsyncIterator[None]:
         self.op_counts[op] = self.op_counts.get(op, 0) + 1
+        start = trio.current_time()
+        code = 0
         try:
             yield
-        except FUSEError:
+        except FUSEError as e:
+            code = e.errno
             raise
         except (MeshError, StoreError) as e:
             path = self.tree.path_of(what) if isinstance(what, Node) else what
@@ -168,6 +173,12 @@ class MeshOps(Operations):
                 self.errors.append(line)
                 del self.errors[:-50]
             raise FUSEError(code) from None
+        except BaseException:
+            code = errno.EIO
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(op, code, trio.current_time() - start)
 
     def _node(self, inode: int) -> Node:
         node = self.inodes.get(inode)
