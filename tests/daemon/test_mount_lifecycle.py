@@ -120,11 +120,14 @@ def test_status_sync_and_forwarded_command(rig: Rig) -> None:
     assert done.returncode == 0, done.stderr
     assert "sync /hello" in rig.events() and "sync None" in rig.events()
 
-    done = rig.meshfs("share", "list", "x", cwd=rig.mountpoint)
+    done = rig.meshfs("share", "ls", cwd=rig.mountpoint)
     assert done.returncode == 0, done.stderr
-    assert 'command share {"argv": ["list", "x"], "cwd": "/"}' in rig.events()
-    done = rig.meshfs("lock", "--mount", os.fspath(rig.mountpoint), "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["name"] == "lock"
+    assert done.stdout.strip() == "no shares"
+    assert 'command share {"action": "ls"}' in rig.events()
+    done = rig.meshfs("lock", "--mount", os.fspath(rig.mountpoint), "--json", "show", "x")
+    assert done.returncode == 0, done.stderr
+    # run from outside the mount: no cwd is sent
+    assert json.loads(done.stdout) == {"name": "lock", "args": {"argv": ["show", "x"]}}
     _umount(rig)
 
 
