@@ -235,7 +235,9 @@ class ShareCommands:
             share = await self.shares.create_share(Ref.to(node.rid), user.id, role)
         except PermissionDenied as e:
             if node.share_id is not None or rel.startswith("shared-with-me/"):
-                raise ShareError(f"{rel}: resharing a share you received is not allowed by the server") from None
+                raise ShareError(
+                    f"{rel}: resharing a share you received is not allowed by the server"
+                ) from None
             raise ShareError(f"{rel}: the server refused to share it: {e.message}") from None
         except AlreadyExists:
             raise ShareError(f"{rel} is already shared with {user.username}") from None
@@ -313,7 +315,10 @@ class ShareCommands:
     async def _with_me_names(self) -> dict[str, str]:
         """share id → its mount-relative path under shared-with-me/ (or .pending/)."""
         out: dict[str, str] = {}
-        for inode, prefix in ((SHARED_WITH_ME_INODE, "shared-with-me/"), (PENDING_INODE, "shared-with-me/.pending/")):
+        for inode, prefix in (
+            (SHARED_WITH_ME_INODE, "shared-with-me/"),
+            (PENDING_INODE, "shared-with-me/.pending/"),
+        ):
             node = self.tree.inodes.get(inode)
             if node is None:
                 continue
@@ -373,9 +378,13 @@ class ShareCommands:
         await self.shares.update_received_share(share.id, ShareState.REJECTED)
         await self.refresh()
         row = await self._row_with_me(share, "")
-        return ShareRow(row.id, row.direction, "", row.user, row.role, ShareState.REJECTED.value, row.resource_id)
+        return ShareRow(
+            row.id, row.direction, "", row.user, row.role, ShareState.REJECTED.value, row.resource_id
+        )
 
-    async def accept_by_rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str) -> Node:
+    async def accept_by_rename(
+        self, old_parent: Node, old_name: str, new_parent: Node, new_name: str
+    ) -> Node:
         """rename(shared-with-me/.pending/X → shared-with-me/Y) = accept X (as Y when Y differs).
 
         Any other rename out of or into a virtual directory is PermissionDenied (EPERM)."""
@@ -439,7 +448,9 @@ class ShareCommands:
             latest = await self.tree.received_shares()  # what the listings just used (cached)
             self._seen = frozenset((r.id, r.state.value) for r in latest)
 
-    async def watch(self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def watch(
+        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Poll the received shares every `interval` s; refresh the tree when they changed (a share
         removed by its owner disappears from shared-with-me/ without a remount)."""
         task_status.started()
