@@ -5,6 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 REVACTL := dev/reva/revactl
 PYTEST_ARGS ?=
+SUITES ?=
 
 .PHONY: help deps venv reva-build reva-up reva-down reva-reset demo test test-long test-unit lint bench clean
 
@@ -53,10 +54,10 @@ lint: venv
 test: deps venv reva-build
 	$(VENV)/bin/ruff check meshfs tests bench dev
 	$(VENV)/bin/mypy
-	$(VPY) -m pytest -m "not long" $(PYTEST_ARGS)
+	$(VPY) dev/run_tests.py -m "not long" $(SUITES) -- $(PYTEST_ARGS)
 
 test-long: deps venv reva-build
-	$(VPY) -m pytest -m long $(PYTEST_ARGS)
+	$(VPY) dev/run_tests.py -m long $(SUITES) -- $(PYTEST_ARGS)
 
 bench: deps venv reva-build
 	$(VPY) -m bench $(BENCH_ARGS)
