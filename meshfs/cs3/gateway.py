@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 import trio
@@ -36,7 +36,7 @@ from meshfs.errors import (
 )
 
 from ._convert import user_from_pb
-from .types import BasicCredentials, BearerCredentials, Credentials, Secret, User
+from .types import BasicCredentials, BearerCredentials, Credentials, CredentialSource, Secret, User
 
 log = logging.getLogger("meshfs.cs3")
 
@@ -54,18 +54,37 @@ _SUSPECT_CODES = frozenset(
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
-def jwt_expiry(token: str) -> float | None:
-    """The `exp` claim (unix seconds) of a JWT, read without verifying; None when absent/unreadable."""
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT, read without verifying; None when `token` is not a readable JWT."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-        exp = claims.get("exp") if isinstance(claims, dict) else None
-        return float(exp) if isinstance(exp, int | float) else None
     except (ValueError, TypeError):
         return None
+    return claims if isinstance(claims, dict) else None
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` claim (unix seconds) of a JWT, read without verifying; None when absent/unreadable."""
+    exp = (jwt_claims(token) or {}).get("exp")
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def is_reva_token(token: str) -> bool:
+    """Was `token` minted by a Reva gateway (audience "reva", a `user` claim)? Such a token is sent
+    as x-access-token as is; an OIDC access token must first be exchanged (Authenticate "bearer")."""
+    claims = jwt_claims(token)
+    if claims is None:
+        return False
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    return "reva" in auds and isinstance(claims.get("user"), dict)
+
+
+_Reason = Literal["login", "changed", "expiring", "refused"]
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -83,12 +102,16 @@ class Gateway:
     refresh_margin: re-authenticate this many seconds before the token's `exp`.
     verify_interval: a NOT_FOUND/PERMISSION_DENIED when no call succeeded for this long first checks
     the token (WhoAmI), since Reva answers an invalid token that way.
+
+    `credentials` are fixed values, or a CredentialSource (meshfs/auth.py) asked again before every
+    login: when the token nears its expiry or is refused, and whenever its `generation` changed. A
+    bearer token used as is (exchange=False) that has no newer replacement is kept until it expires.
     """
 
     def __init__(
         self,
         address: str,
-        credentials: Credentials,
+        credentials: Credentials | CredentialSource,
         *,
         tls: bool = False,
         ca_file: str | None = None,
@@ -106,6 +129,8 @@ class Gateway:
             raise ValueError(f"retries must be ≥ 0, got {retries}")
         self.address = address
         self._credentials = credentials
+        self._generation = -1  # the source's generation our token was obtained with
+        self._login_secret: Secret | None = None  # what the last login used (password / input token)
         self._tls = tls or ca_file is not None
         self._ca_file = ca_file
         self.limiter = trio.CapacityLimiter(rpc_threads)
@@ -192,19 +217,51 @@ class Gateway:
             # the monotonic clock stops during suspend; the token's exp is wall-clock time
             or (self._token_refresh_wall is not None and time.time() >= self._token_refresh_wall)
         ):
-            await self.authenticate(stale=self._token)
+            await self.authenticate(stale=self._token, reason="expiring")
+        elif (
+            not isinstance(self._credentials, BasicCredentials | BearerCredentials)
+            and self._credentials.generation != self._generation
+        ):
+            await self.authenticate(stale=self._token, reason="changed")
         assert self._token is not None
         return self._token
 
-    async def authenticate(self, *, stale: Secret | None = None) -> None:
-        """Authenticate (again). With `stale`, skip if another task already replaced that token."""
+    async def _current_credentials(self, reason: _Reason) -> Credentials:
+        source = self._credentials
+        if isinstance(source, BasicCredentials | BearerCredentials):
+            return source
+        self._generation = source.generation  # a change during the call below is seen next time
+        urgent = reason in ("expiring", "refused")
+        return await source.credentials(self._login_secret if urgent else None)
+
+    def _keep_token(self, token: Secret, reason: _Reason) -> None:
+        """No newer bearer token than the one in use: keep it while it is valid, look again soon."""
+        exp = jwt_expiry(token.reveal())
+        left = None if exp is None else exp - time.time()
+        if reason == "refused" or (left is not None and left <= 0):
+            raise Unauthenticated(
+                "the bearer token expired or was refused and no newer one is available",
+                op="authenticate",
+            )
+        now = trio.current_time()
+        if self._token_deadline is not None and now >= self._token_deadline:
+            pause = 30.0 if left is None else min(30.0, max(1.0, left / 4))
+            self._token_deadline = now + pause
+            self._token_refresh_wall = time.time() + pause
+
+    async def authenticate(self, *, stale: Secret | None = None, reason: _Reason = "refused") -> None:
+        """Authenticate (again). With `stale` (the token found expiring, refused, or outdated by a
+        newer `generation` of the credential source), skip if another task already replaced it."""
         async with self._auth_lock:
             if stale is not None and self._token is not None and self._token != stale:
                 return
-            creds = self._credentials
+            if stale is None:
+                reason = "login"
+            creds = await self._current_credentials(reason)
             if isinstance(creds, BearerCredentials) and not creds.exchange:
                 if stale is not None and stale == creds.token:
-                    raise Unauthenticated("the bearer token expired or was refused", op="authenticate")
+                    self._keep_token(creds.token, reason)
+                    return
                 token, user = creds.token, None
             else:
                 if isinstance(creds, BasicCredentials):
@@ -233,6 +290,19 @@ class Gateway:
                         )
                     raise self._cs3_error(res.status, op="authenticate", path=who)
                 token, user = Secret(res.token), user_from_pb(res.user)
+            if user is None:  # a token used as is: check it before giving up the one we have
+                res, _ = await self._unary(
+                    "WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token
+                )
+                if res.status.code != _CODE_OK:
+                    if res.status.code == _CODE_UNAUTHENTICATED:
+                        raise Unauthenticated(
+                            "the bearer token was refused (expired or not issued by this server)",
+                            op="authenticate",
+                            code="CODE_UNAUTHENTICATED",
+                        )
+                    raise self._cs3_error(res.status, op="whoami", path=None)
+                user = user_from_pb(res.user)
             exp = jwt_expiry(token.reveal())
             now = trio.current_time()
             if exp is None:
@@ -244,17 +314,11 @@ class Gateway:
             self._token_refresh_wall = (
                 None if self._token_deadline is None else time.time() + (self._token_deadline - now)
             )
-            self._verified_at = now if user is not None else None
+            self._verified_at = now
+            self._login_secret = creds.password if isinstance(creds, BasicCredentials) else creds.token
             self.auth_count += 1
-            if user is None:
-                res, _ = await self._unary(
-                    "WhoAmI", gw_pb.WhoAmIRequest(token=token.reveal()), op="whoami", token=token
-                )
-                if res.status.code != _CODE_OK:
-                    raise self._cs3_error(res.status, op="whoami", path=None)
-                user = user_from_pb(res.user)
             self._user = user
-            log.debug("authenticated as %s", user.username)
+            log.debug("authenticated as %s (%s)", user.username, reason)
 
     # -- the one call ---------------------------------------------------------------------------
 
@@ -298,7 +362,7 @@ class Gateway:
                     raise
                 reauthed = True
                 log.debug("%s: token refused (%s), re-authenticating", op, e.code)
-                await self.authenticate(stale=token)
+                await self.authenticate(stale=token, reason="refused")
                 continue
             statuses = [r.status for r in res] if stream else [res.status]
             bad = next((s for s in statuses if s.code != _CODE_OK and s.code not in ok_codes), None)
@@ -312,7 +376,7 @@ class Gateway:
             ):
                 reauthed = True
                 log.debug("%s: token refused (%s), re-authenticating", op, code_pb2.Code.Name(bad.code))
-                await self.authenticate(stale=token)
+                await self.authenticate(stale=token, reason="refused")
                 continue
             err = self._cs3_error(bad, op=op, path=path)
             err.retried = retried

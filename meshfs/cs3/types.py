@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -66,6 +66,23 @@ class BearerCredentials:
 
 
 Credentials = BasicCredentials | BearerCredentials
+
+
+class CredentialSource(Protocol):
+    """Credentials that can change while mounted: a rotated token file, a token command (meshfs/auth.py).
+
+    `generation` grows whenever the source learns by itself of newer credentials (its watcher saw the
+    token file change); the gateway then logs in again before its next call. `credentials(stale)`
+    returns what to log in with now; `stale` is the secret (password or input token) of the last login
+    when that login was refused or nears its expiry: the source then tries harder (re-reads its file,
+    runs its token command) and returns the same secret when it has nothing newer. Raises
+    Unauthenticated (one line, no secret in it) when it has no usable credentials at all.
+    """
+
+    @property
+    def generation(self) -> int: ...
+
+    async def credentials(self, stale: Secret | None = None) -> Credentials: ...
 
 
 @dataclass(frozen=True, slots=True)
