@@ -560,7 +560,7 @@ def cmd_umount(ns: argparse.Namespace) -> int:
     if entry is None:
         if not is_mounted:
             raise Failure(f"{point} is not mounted")
-        fstype = mounts[point][0]
+        fstype = mounts[point].fstype
         if not (ns.lazy or ns.force):
             raise Failure(
                 f"no meshfs daemon serves {point} ({fstype}; the daemon died?); "
@@ -583,7 +583,7 @@ def cmd_umount(ns: argparse.Namespace) -> int:
         pass  # exiting already, or died: wait for the pid below either way
     except control.ControlError as e:
         raise Failure(f"{entry.mountpoint}: {e}; try: meshfs umount --force {entry.mountpoint}") from None
-    if not control.wait_pid_exit(entry.pid, entry.pid_start, ns.timeout):
+    if not _wait_daemon(entry, ns.timeout):
         raise Failure(
             f"the daemon of {entry.mountpoint} (pid {entry.pid}) is still draining after {ns.timeout:g} s; "
             f"wait, or: meshfs umount --force {entry.mountpoint}"
@@ -594,6 +594,20 @@ def cmd_umount(ns: argparse.Namespace) -> int:
             f"use: meshfs umount --lazy {entry.mountpoint}"
         )
     return 0
+
+
+def _wait_daemon(entry: control.MountEntry, timeout: float | None) -> bool:
+    """Wait for the daemon to exit; on a terminal, say so when it takes a while (draining)."""
+    first = 2.0 if timeout is None else min(2.0, timeout)
+    if control.wait_pid_exit(entry.pid, entry.pid_start, first):
+        return True
+    if sys.stderr.isatty():
+        print(
+            f"{PROG}: {entry.mountpoint}: waiting for pending uploads to finish "
+            "(Ctrl-C stops waiting, not the daemon)",
+            file=sys.stderr,
+        )
+    return control.wait_pid_exit(entry.pid, entry.pid_start, None if timeout is None else timeout - first)
 
 
 def _umount_force(entry: control.MountEntry, is_mounted: bool) -> int:

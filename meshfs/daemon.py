@@ -169,9 +169,28 @@ class Readiness:
 # --------------------------------------------------------------------------------- startup checks
 
 
-def mounted_filesystems() -> dict[str, tuple[str, str]]:
-    """mountpoint -> (fstype, major:minor) from /proc/self/mountinfo (octal escapes decoded)."""
-    found: dict[str, tuple[str, str]] = {}
+@dataclass(frozen=True, slots=True)
+class MountInfo:
+    """One line of /proc/self/mountinfo, the fields meshfs needs."""
+
+    fstype: str
+    devno: str
+    """major:minor; for FUSE the minor is the connection number in /sys/fs/fuse/connections"""
+    super_options: str
+
+    @property
+    def owner(self) -> int | None:
+        """user_id= of a FUSE mount (who mounted it)."""
+        for opt in self.super_options.split(","):
+            if opt.startswith("user_id="):
+                with contextlib.suppress(ValueError):
+                    return int(opt[len("user_id=") :])
+        return None
+
+
+def mounted_filesystems() -> dict[str, MountInfo]:
+    """mountpoint -> MountInfo of the topmost mount there (octal escapes in paths decoded)."""
+    found: dict[str, MountInfo] = {}
     try:
         text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
@@ -179,10 +198,11 @@ def mounted_filesystems() -> dict[str, tuple[str, str]]:
     for line in text.splitlines():
         left, _, right = line.partition(" - ")
         fields = left.split()
-        if len(fields) < 5 or not right:
+        tail = right.split()
+        if len(fields) < 5 or not tail:
             continue
         point = _unescape_mount_path(fields[4])
-        found[point] = (right.split()[0], fields[2])
+        found[point] = MountInfo(tail[0], fields[2], tail[2] if len(tail) > 2 else "")
     return found
 
 
@@ -199,20 +219,33 @@ def _unescape_mount_path(raw: str) -> str:
 
 
 def check_mountpoint(mountpoint: str) -> None:
+    """Refuse a mountpoint that is missing, not a directory, or already mounted; detach the mount
+    left behind by a killed meshfs daemon of ours. Looks at /proc/self/mountinfo and the registry
+    before any stat: a stat of a mount whose daemon hangs would hang too."""
+    mounted = mounted_filesystems().get(mountpoint)
+    if mounted is not None:
+        holder = next((e for e in control.list_entries() if e.mountpoint == mountpoint), None)
+        if holder is not None:
+            raise StartupError(
+                f"{mountpoint} is already mounted by meshfs (pid {holder.pid}, {holder.source})"
+            )
+        if mounted.fstype != "fuse.meshfs" or mounted.owner != os.getuid():
+            raise StartupError(f"{mountpoint} is already a mountpoint ({mounted.fstype}); unmount it first")
+        # ours, and no live daemon serves it: the leftover of a killed daemon
+        log.warning("%s: replacing the mount left behind by a dead meshfs daemon", mountpoint)
+        failure = detach_mount(mountpoint, lazy=True)
+        if failure:
+            raise StartupError(f"{mountpoint}: cannot detach the mount of a dead meshfs daemon: {failure}")
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
         raise StartupError(f"the mountpoint {mountpoint} does not exist (create it with mkdir)") from None
     except OSError as e:
         if e.errno == errno.ENOTCONN:
-            log.warning("%s is the stale mount of a dead daemon; it will be replaced", mountpoint)
-            return
+            return  # a dead FUSE mount: meshfs.fuse detaches it before mounting
         raise StartupError(f"the mountpoint {mountpoint}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise StartupError(f"the mountpoint {mountpoint} is not a directory")
-    mounted = mounted_filesystems().get(mountpoint)
-    if mounted is not None:
-        raise StartupError(f"{mountpoint} is already a mountpoint ({mounted[0]}); unmount it first")
     if not os.access(mountpoint, os.W_OK | os.X_OK) and os.getuid() != 0:
         raise StartupError(f"the mountpoint {mountpoint} is not writable by you")
 
@@ -302,10 +335,9 @@ def abort_connection(mountpoint: str) -> str | None:
     info = mounted_filesystems().get(mountpoint)
     if info is None:
         return f"{mountpoint} is not mounted"
-    fstype, devno = info
-    if not fstype.startswith("fuse"):
-        return f"{mountpoint} is not a FUSE mount ({fstype})"
-    minor = devno.partition(":")[2]
+    if not info.fstype.startswith("fuse"):
+        return f"{mountpoint} is not a FUSE mount ({info.fstype})"
+    minor = info.devno.partition(":")[2]
     conn = Path("/sys/fs/fuse/connections")
     if not (conn / minor).exists() and os.getuid() == 0:
         # the control filesystem is normally mounted at boot (sys-fs-fuse-connections.mount)

@@ -256,8 +256,21 @@ def test_mountpoint_already_mounted_is_refused(rig: Rig) -> None:
     _mount(rig)
     done = rig.meshfs(*rig.mount_args(cache_dir=rig.root / "cache2"))
     assert done.returncode == 1
-    assert "already a mountpoint" in one_line(done.stderr)
+    assert "is already mounted by meshfs (pid" in one_line(done.stderr)
     _umount(rig)
+
+
+def test_mountpoint_with_another_filesystem_is_refused(rig: Rig) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("SKIPPED LOUDLY: mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.fspath(rig.mountpoint)], check=True, timeout=30)
+    try:
+        done = rig.meshfs(*rig.mount_args())
+        assert done.returncode == 1
+        assert "already a mountpoint (tmpfs)" in one_line(done.stderr)
+    finally:
+        subprocess.run(["umount", os.fspath(rig.mountpoint)], check=True, timeout=30)
+    assert rig.entries() == []
 
 
 def test_sigterm_while_starting_leaves_nothing(rig: Rig) -> None:
@@ -344,3 +357,37 @@ def test_dead_daemon_leaves_a_mount_that_umount_lazy_clears(rig: Rig) -> None:
     # and a new mount on the same mountpoint and cache dir works (the lock died with the daemon)
     _mount(rig)
     _umount(rig)
+
+
+def test_second_sigterm_skips_the_rest_of_the_drain(rig: Rig) -> None:
+    proc = rig.popen(*rig.mount_args("-f"), env={"FAKEFS_DRAIN_SECONDS": "3600"})
+    try:
+        wait_for(lambda: rig.entries() and mounted(rig.mountpoint), 30, "the foreground mount")
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "drain-begin" in rig.events(), 30, "the drain to begin")
+        assert proc.poll() is None  # draining, for up to an hour
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "drain-end" not in rig.events()
+    assert "pending uploads stay in the cache" in err
+    _assert_nothing_left(rig)
+
+
+def test_mount_over_the_stale_mount_of_a_killed_daemon(rig: Rig) -> None:
+    entry = _mount(rig)
+    pid = int(entry["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), 10, "the daemon to die")
+    with pytest.raises(OSError) as exc:
+        os.listdir(rig.mountpoint)
+    assert exc.value.errno == errno.ENOTCONN
+    # no manual cleanup: the new daemon replaces the dead mount
+    _mount(rig)
+    assert (rig.mountpoint / "hello").exists()
+    _umount(rig)
+    _assert_nothing_left(rig)
