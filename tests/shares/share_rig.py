@@ -1,0 +1,159 @@
+"""The share tests' rig: several users mounted at once through the real CLI on the dev Reva.
+
+Owns: `Mounts` (mount a demo user with `meshfs mount`, run `meshfs share|users` as that user, wait
+for conditions with a bound) and its cleanup: every mount is unmounted in a finally (umount, then a
+lazy detach + SIGKILL of the daemon when that fails), so no mount or daemon outlives a test.
+The daemons load tests/shares/hooked.py (the share hooks, until the lead's files carry them).
+Must not import meshfs.vfs (the daemon owns the filesystem); meshfs.cs3 only for test set-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CLI_TIMEOUT = 60.0
+T = TypeVar("T")
+
+
+def mounted(path: Path | str) -> bool:
+    target = os.fspath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def wait_for(cond: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `cond` until it is truthy; fail after `timeout` seconds (never an unbounded wait)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def one_line(stderr: str) -> str:
+    """The stderr of a failed command must be exactly one non-empty `meshfs: ...` line; return it."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got {lines!r}"
+    assert lines[0].startswith("meshfs: "), lines[0]
+    return lines[0]
+
+
+@dataclass
+class UserMount:
+    username: str
+    mountpoint: Path
+    cache_dir: Path
+    password_file: Path
+    env: dict[str, str]
+
+    def meshfs(
+        self, *args: str, timeout: float = CLI_TIMEOUT, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meshfs", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=cwd,
+        )
+
+    def share(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """`meshfs share ARGS --mount MP`; with ok=True fail the test unless it exits 0."""
+        action, rest = args[0], args[1:]
+        proc = self.meshfs("share", action, *rest, "--mount", os.fspath(self.mountpoint))
+        if ok:
+            assert proc.returncode == 0, f"meshfs share {' '.join(args)}: {proc.stderr.strip()}"
+        return proc
+
+    def share_json(self, *args: str) -> Any:
+        return json.loads(self.share(*args, "--json").stdout)
+
+    @property
+    def root(self) -> Path:
+        return self.mountpoint
+
+
+@dataclass
+class Mounts:
+    root: Path
+    gateway: str
+    runtime_dir: Path
+    passwords: dict[str, str]
+    options: list[str] = field(default_factory=list)
+    mounts: list[UserMount] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "MESHFS_RUNTIME_DIR": os.fspath(self.runtime_dir),
+            "MESHFS_FILESYSTEM": "hooked:HookedFilesystem",
+            "PYTHONPATH": os.pathsep.join([os.fspath(HERE), os.fspath(REPO)]),
+        }
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def mount(self, username: str, *, gateway: str | None = None, tag: str = "") -> UserMount:
+        name = f"{username}{tag}"
+        base = self.root / name
+        base.mkdir()
+        (base / "mnt").mkdir()
+        pw = base / "password"
+        fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.passwords[username])
+        m = UserMount(username, base / "mnt", base / "cache", pw, self.env())
+        source = f"cs3://{username}@{gateway or self.gateway}"
+        opts = ["-o", "tls=false", "-o", "dir_poll_interval=1"]
+        if os.environ.get("SHARES_DEBUG"):  # debug log in CACHE_DIR/daemon.log
+            opts.append("-v")
+        for o in self.options:
+            opts += ["-o", o]
+        self.mounts.append(m)
+        proc = m.meshfs(
+            "mount", source, os.fspath(m.mountpoint), "--password-file", os.fspath(pw),
+            "--cache-dir", os.fspath(m.cache_dir), *opts,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"mount {source}: {proc.stderr.strip()}"
+        assert mounted(m.mountpoint), f"{m.mountpoint} is not mounted after `meshfs mount`"
+        return m
+
+    def cleanup(self) -> list[str]:
+        problems: list[str] = []
+        for m in reversed(self.mounts):
+            if not mounted(m.mountpoint):
+                continue
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc = m.meshfs("umount", os.fspath(m.mountpoint), "--timeout", "30", timeout=45)
+                if proc.returncode != 0:
+                    problems.append(f"umount {m.mountpoint}: {proc.stderr.strip()}")
+            if mounted(m.mountpoint):
+                problems.append(f"{m.mountpoint} still mounted")
+                subprocess.run(
+                    ["umount", "-l", os.fspath(m.mountpoint)], capture_output=True, timeout=30, check=False
+                )
+        for entry_file in self.runtime_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pid = int(json.loads(entry_file.read_text())["pid"])
+                problems.append(f"daemon {pid} still registered")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return problems
