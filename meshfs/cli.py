@@ -566,8 +566,7 @@ def cmd_umount(ns: argparse.Namespace) -> int:
                 f"no meshfs daemon serves {point} ({fstype}; the daemon died?); "
                 f"use: meshfs umount --lazy {point}  (or --force)"
             )
-        if ns.force:
-            _report_soft(daemon.abort_connection(point))
+        # the daemon is gone, so is the kernel connection's other end: detaching is enough
         return _detach_or_fail(point)
 
     if ns.force:
@@ -611,17 +610,20 @@ def _wait_daemon(entry: control.MountEntry, timeout: float | None) -> bool:
 
 
 def _umount_force(entry: control.MountEntry, is_mounted: bool) -> int:
+    """Stop without draining (pending uploads stay in the cache); abort and kill what does not stop."""
     with contextlib.suppress(control.ControlError), control.ControlClient(entry.socket, 2.0) as client:
         client.request("umount", drain=False)
-    if control.wait_pid_exit(entry.pid, entry.pid_start, 3.0):
-        return 0
-    if is_mounted:
-        _report_soft(daemon.abort_connection(entry.mountpoint))
-    if not control.wait_pid_exit(entry.pid, entry.pid_start, 5.0):
+    if not control.wait_pid_exit(entry.pid, entry.pid_start, 3.0):
+        # hung (or stopped): cut the kernel connection so that nothing waits on it, then kill
+        abort_problem = daemon.abort_connection(entry.mountpoint) if is_mounted else None
         if control.process_start_time(entry.pid) == entry.pid_start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(entry.pid, signal.SIGKILL)
-        control.wait_pid_exit(entry.pid, entry.pid_start, 5.0)
+        if not control.wait_pid_exit(entry.pid, entry.pid_start, 10.0):
+            raise Failure(
+                f"the daemon of {entry.mountpoint} (pid {entry.pid}) does not die even of SIGKILL "
+                f"(stuck in the kernel?){'; ' + abort_problem if abort_problem else ''}"
+            )
         control.unregister(entry)
     if entry.mountpoint in daemon.mounted_filesystems():
         return _detach_or_fail(entry.mountpoint)
@@ -633,11 +635,6 @@ def _detach_or_fail(mountpoint: str) -> int:
     if failure:
         raise Failure(f"cannot detach {mountpoint}: {failure}")
     return 0
-
-
-def _report_soft(problem: str | None) -> None:
-    if problem:
-        print(f"{PROG}: warning: {problem}", file=sys.stderr)
 
 
 # ========================================================================================= status

@@ -391,3 +391,19 @@ def test_mount_over_the_stale_mount_of_a_killed_daemon(rig: Rig) -> None:
     assert (rig.mountpoint / "hello").exists()
     _umount(rig)
     _assert_nothing_left(rig)
+
+
+def test_umount_force_with_a_stopped_daemon(rig: Rig) -> None:
+    entry = _mount(rig)
+    pid = int(entry["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGSTOP)  # answers nothing any more: not the socket, not the kernel
+    try:
+        start = time.monotonic()
+        done = rig.meshfs("umount", os.fspath(rig.mountpoint), "--force", timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - start < 30
+        assert not pid_alive(pid)
+        _assert_nothing_left(rig)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
