@@ -1,0 +1,388 @@
+"""Plumbing for the lock integration tests: mounts through the real CLI, lock-holding child processes,
+a synchronous CS3 client (einstein, marie) on a background trio loop, and a TCP proxy that can be paused.
+
+Owns only test plumbing for tests/locks/. The product is driven through its CLI and the kernel; the
+CS3 client (meshfs.cs3) is used only to look at and poke the server the way another application would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from meshfs.cs3 import BasicCredentials, Gateway, Lock, Ref, Resource, Secret, Shares, Storage
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+T = TypeVar("T")
+CLI_TIMEOUT = 120.0
+
+
+# ---- bounded waits -------------------------------------------------------------------------------
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `cond` until it returns something truthy; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = cond()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def errno_of(fn: Callable[[], object]) -> str | None:
+    """Run fn; the errno name of the OSError it raised, or None when it succeeded."""
+    try:
+        fn()
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+    return None
+
+
+# ---- the CLI and the mounts --------------------------------------------------------------------------
+
+
+def run_meshfs(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshfs", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.fspath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Node:
+    """One mount (= one node): its mountpoint, cache dir and daemon pid."""
+
+    mountpoint: Path
+    cache_dir: Path
+    user: str
+    pid: int = 0
+
+    @property
+    def home(self) -> Path:
+        return self.mountpoint / "home"
+
+    def status(self) -> dict[str, Any]:
+        proc = run_meshfs("status", os.fspath(self.mountpoint), "--json", timeout=30)
+        assert proc.returncode == 0, f"meshfs status failed: {proc.stderr.strip()}"
+        entries: list[dict[str, Any]] = json.loads(proc.stdout)["mounts"]
+        return entries[0]
+
+    def locks(self) -> list[dict[str, Any]]:
+        """The CS3 leases this mount holds (`meshfs status --json`)."""
+        fs = self.status().get("fs") or {}
+        return list(fs.get("locks", []))
+
+    def sync(self, timeout: float = 60.0) -> None:
+        proc = run_meshfs("sync", os.fspath(self.mountpoint), "--timeout", str(timeout), timeout=timeout + 30)
+        assert proc.returncode == 0, f"meshfs sync failed: {proc.stdout}{proc.stderr}"
+
+
+@dataclass
+class Mounter:
+    """Mounts demo users below `root` through `meshfs mount`; `close()` leaves no mount and no daemon."""
+
+    gateway: str
+    passwords: dict[str, str]
+    root: Path
+    nodes: list[Node] = field(default_factory=list)
+
+    def mount(self, user: str = "einstein", *options: str, gateway: str | None = None) -> Node:
+        n = len(self.nodes)
+        mp = self.root / f"mnt-{user}-{n}"
+        cache = self.root / f"cache-{user}-{n}"  # a fresh cache dir per mount: a separate node
+        mp.mkdir(parents=True)
+        pw = self.root / f"{user}.password"
+        pw.write_text(self.passwords[user])
+        pw.chmod(0o600)
+        node = Node(mp, cache, user)
+        self.nodes.append(node)  # registered first: a half-made mount is cleaned up too
+        opts = ",".join(("tls=false", *options))
+        proc = run_meshfs(
+            "mount", f"cs3://{user}@{gateway or self.gateway}", os.fspath(mp),
+            "--password-file", os.fspath(pw), "--cache-dir", os.fspath(cache), "-o", opts,
+            timeout=90,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise AssertionError(f"meshfs mount failed ({proc.returncode}): {proc.stderr.strip()}")
+        node.pid = int(node.status()["pid"])
+        assert is_mounted(mp), f"{mp} is not mounted after a successful `meshfs mount`"
+        return node
+
+    def kill(self, node: Node) -> None:
+        """kill -9 of the node's daemon (the mount stays behind, dead, until close())."""
+        os.kill(node.pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(node.pid), 10, f"daemon {node.pid} to die")
+
+    def unmount(self, node: Node) -> list[str]:
+        """`meshfs umount` (bounded), then lazy unmount and SIGKILL as fallbacks; returns what was forced."""
+        forced: list[str] = []
+        if is_mounted(node.mountpoint) and node.pid and pid_alive(node.pid):
+            try:
+                proc = run_meshfs("umount", os.fspath(node.mountpoint), "--timeout", "30", timeout=60)
+                if proc.returncode != 0:
+                    forced.append(f"umount {node.mountpoint}: {proc.stderr.strip()}")
+            except subprocess.TimeoutExpired:
+                forced.append(f"umount {node.mountpoint} hung")
+        if is_mounted(node.mountpoint):
+            forced.append(f"lazy unmount of {node.mountpoint}")
+            subprocess.run(["umount", "-l", os.fspath(node.mountpoint)], capture_output=True, timeout=30, check=False)
+        if node.pid and pid_alive(node.pid):
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not pid_alive(node.pid), 10, "daemon exit")
+            if pid_alive(node.pid):
+                forced.append(f"daemon {node.pid} killed")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.pid, signal.SIGKILL)
+        return forced
+
+    def close(self) -> list[str]:
+        forced: list[str] = []
+        for node in reversed(self.nodes):
+            forced += self.unmount(node)
+        self.nodes.clear()
+        return forced
+
+
+# ---- lock-holding child processes ------------------------------------------------------------------
+
+
+class LockProc:
+    """A child process running lockproc.py: a separate lock owner the test scripts line by line."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", os.fspath(HERE / "lockproc.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._reader, daemon=True).start()
+        hello = self.answer(30)
+        self.pid = int(hello["pid"])
+
+    def _reader(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.answers.put(json.loads(line))
+        self.answers.put({"ok": False, "errno": "EOF", "msg": "lockproc exited"})
+
+    def send(self, *cmd: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(" ".join(str(c) for c in cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def answer(self, timeout: float = 30.0) -> dict[str, Any]:
+        try:
+            return self.answers.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"lockproc {self.proc.pid}: no answer within {timeout:g} s") from None
+
+    def has_answer(self) -> bool:
+        return not self.answers.empty()
+
+    def call(self, *cmd: object, timeout: float = 30.0) -> dict[str, Any]:
+        self.send(*cmd)
+        return self.answer(timeout)
+
+    def ok(self, *cmd: object, timeout: float = 30.0) -> dict[str, Any]:
+        a = self.call(*cmd, timeout=timeout)
+        assert a["ok"], f"`{' '.join(map(str, cmd))}` failed: {a}"
+        return a
+
+    def err(self, *cmd: object, timeout: float = 30.0) -> str:
+        """The errno name of a command that must fail."""
+        a = self.call(*cmd, timeout=timeout)
+        assert not a["ok"], f"`{' '.join(map(str, cmd))}` succeeded, expected a failure"
+        return str(a["errno"])
+
+    def wchan(self) -> str:
+        try:
+            return Path(f"/proc/{self.pid}/wchan").read_text()
+        except OSError:
+            return ""
+
+    def wait_blocked_in_fuse(self, timeout: float = 10.0) -> None:
+        """Until the process sleeps waiting for the FUSE daemon's answer (a blocking lock request)."""
+        wait_for(
+            lambda: self.has_answer() or "fuse" in self.wchan() or "request_wait" in self.wchan(),
+            timeout, f"lockproc {self.pid} to block in a FUSE request",
+        )  # fmt: skip
+        assert not self.has_answer(), f"expected a blocked request, got an answer: {self.answer(1)}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.send("quit")
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+
+
+# ---- a background trio loop for CS3 clients and the proxy -------------------------------------------
+
+
+class LoopThread:
+    """A trio event loop in a daemon thread; `run(afn, *args)` runs a coroutine function there."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._thread = threading.Thread(target=lambda: trio.run(self._main), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise AssertionError("background trio loop did not start")
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as n:
+            self._nursery = n
+            self._ready.set()
+            await trio.sleep_forever()
+
+    def run(self, afn: Callable[..., Awaitable[T]], *args: Any, timeout: float = 60.0) -> T:
+        async def bounded() -> T:
+            with trio.fail_after(timeout):
+                return await afn(*args)
+
+        return trio.from_thread.run(bounded, trio_token=self._token)
+
+    def start(self, afn: Callable[..., Awaitable[Any]]) -> None:
+        """Start a background task (started with nursery.start: returns once it called task_status.started)."""
+
+        async def go() -> None:
+            assert self._nursery is not None
+            await self._nursery.start(afn)
+
+        trio.from_thread.run(go, trio_token=self._token)
+
+    def close(self) -> None:
+        if self._nursery is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._nursery.cancel_scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+
+class Cs3:
+    """A synchronous CS3 client of one demo user (another application looking at the server)."""
+
+    def __init__(self, loop: LoopThread, gateway: str, username: str, password: str) -> None:
+        self.loop = loop
+        self.gw = Gateway(gateway, BasicCredentials(username, Secret(password)))
+        loop.run(self.gw.open)
+        self.storage = Storage(self.gw)
+        self.shares = Shares(self.gw)
+        self.home: Ref = loop.run(self.storage.get_home)
+        self.user = self.gw.user
+
+    def ref(self, rel: str) -> Ref:
+        """The absolute-path reference of `rel` below this user's home."""
+        ref = self.home
+        for part in rel.strip("/").split("/"):
+            ref = ref.child(part)
+        return ref
+
+    def stat(self, ref: Ref) -> Resource:
+        return self.loop.run(self.storage.stat, ref)
+
+    def by_id(self, ref: Ref) -> Ref:
+        return Ref.to(self.stat(ref).id)
+
+    def get_lock(self, ref: Ref) -> Lock | None:
+        return self.loop.run(self.storage.get_lock, ref)
+
+    def call(self, afn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        async def go() -> T:
+            return await afn(*args, **kw)
+
+        return self.loop.run(go)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.run(self.gw.aclose, timeout=10)
+
+
+class PausableProxy:
+    """A TCP proxy 127.0.0.1:port -> target, on a LoopThread. `pause()` drops the listener and every
+    connection (the server is down: connections are refused); `resume()` listens on the same port again."""
+
+    def __init__(self, loop: LoopThread, target_host: str, target_port: int) -> None:
+        self.loop = loop
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+        self.resume()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        try:
+            server = await trio.open_tcp_stream(*self.target)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, server, trio.open_nursery() as n:
+
+            async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while data := await src.receive_some(1 << 16):
+                        await dst.send_all(data)
+                n.cancel_scope.cancel()
+
+            n.start_soon(pipe, client, server)
+            n.start_soon(pipe, server, client)
+
+    def pause(self) -> None:
+        scope = self._scope
+        if scope is not None:
+            trio.from_thread.run_sync(scope.cancel, trio_token=self.loop._token)
+            self._scope = None
+
+    def resume(self) -> None:
+        self.loop.start(self._serve)
