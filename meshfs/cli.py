@@ -230,7 +230,7 @@ def _add_share_parsers(sub: Any) -> None:
     a = actions.add_parser("add", help="share PATH with WHO", formatter_class=_HelpFormatter)
     a.add_argument("path", metavar="PATH")
     a.add_argument("who", metavar="WHO", help="username, email or a unique part of a name")
-    a.add_argument("--role", required=True, choices=("viewer", "editor"), type=str.lower)
+    a.add_argument("--role", required=True, metavar="viewer|editor", help="what WHO may do")
     _share_common(a, top=False)
     a = actions.add_parser("ls", help="list shares", formatter_class=_HelpFormatter)
     a.add_argument("path", metavar="PATH", nargs="?")
@@ -839,7 +839,10 @@ def cmd_share(ns: argparse.Namespace) -> int:
         if ns.action in ("add", "rm"):
             args["who"] = ns.who
         if ns.action == "add":
-            args["role"] = ns.role
+            role = ns.role.strip().lower()
+            if role not in ("viewer", "editor"):
+                raise UsageError(f"share add: unknown role {ns.role!r}: use --role viewer or --role editor")
+            args["role"] = role
     what = ns.command if ns.command == "users" else f"share {ns.action}"
     try:
         with control.ControlClient(entry.socket, timeout=None) as client:
