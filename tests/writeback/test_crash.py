@@ -56,7 +56,9 @@ def _crash_and_resume(
     digest = make_data_file(original, size, seed)
     cache = tmp_path / "cache"
     delay = "3s" if point == "delay" else "0.2s"
-    a = mounter.mount(f"upload_delay={delay}", f"upload_chunk_size={CHUNK}", "drain_timeout=600s", cache_dir=cache)
+    a = mounter.mount(
+        f"upload_delay={delay}", f"upload_chunk_size={CHUNK}", "drain_timeout=600s", cache_dir=cache
+    )
     target = a.home / area / "big.bin"
     since = time.time() - 1
     shutil.copyfile(original, target)  # close() returns once the data is in the cache
@@ -69,7 +71,9 @@ def _crash_and_resume(
         fraction = random.Random(seed).uniform(0.02, 1.0)
         want = int(fraction * size)
         got = wait_for(
-            lambda: (n := _server_upload_bytes(reva.var_dir, area, "big.bin", since)) is not None and n >= want,
+            lambda: (
+                (n := _server_upload_bytes(reva.var_dir, area, "big.bin", since)) is not None and n >= want
+            ),
             120,
             f"the tus upload to pass {fraction:.0%} ({want} bytes)",
             interval=0.005,
@@ -91,14 +95,18 @@ def _crash_and_resume(
     assert (server_size, server_digest) == (size, digest), (
         f"server copy differs after kill -9 at {point} ({fraction:.0%}) and resume"
     )
-    assert sorted(dav.names(area)) == ["big.bin"], "a resumed upload must not leave conflict copies or temp files"
+    assert sorted(dav.names(area)) == ["big.bin"], (
+        "a resumed upload must not leave conflict copies or temp files"
+    )
     fs = b.status()["fs"]
     assert fs["conflicts"] == [], fs["conflicts"]
     assert fs["uploads"] == [], fs["uploads"]
     assert not problems, f"kill at {point} ({fraction:.0%}): {problems}"
 
 
-@pytest.mark.parametrize(("point", "seed"), [("delay", 0), ("upload", 1), ("upload", 2), ("upload", 3), ("upload", 7)])
+@pytest.mark.parametrize(
+    ("point", "seed"), [("delay", 0), ("upload", 1), ("upload", 2), ("upload", 3), ("upload", 7)]
+)
 def test_kill9_during_upload_then_resume(
     mounter: Mounter, dav: WebDav, reva: Any, area: str, tmp_path: Path, point: str, seed: int
 ) -> None:

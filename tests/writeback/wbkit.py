@@ -145,7 +145,7 @@ class Mount:
         proc = run_meshfs("status", os.fspath(self.mountpoint), "--json", timeout=60)
         assert proc.returncode == 0, f"meshfs status failed ({proc.returncode}): {proc.stderr.strip()}"
         doc = json.loads(proc.stdout)
-        entries = doc["mounts"] if "mounts" in doc else [doc]
+        entries = doc.get("mounts", [doc])
         assert len(entries) == 1, entries
         entry: dict[str, Any] = entries[0]
         return entry
@@ -355,7 +355,9 @@ class PrivateStack:
             check=False,
         )
         if proc.returncode != 0:
-            raise AssertionError(f"revactl {' '.join(args)} ({self.instance}) failed: {proc.stdout}{proc.stderr}")
+            raise AssertionError(
+                f"revactl {' '.join(args)} ({self.instance}) failed: {proc.stdout}{proc.stderr}"
+            )
         return proc.stdout
 
     def up(self) -> None:
@@ -384,7 +386,9 @@ class PrivateStack:
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` mounted on `path` (root only); always unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", os.fspath(path)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", os.fspath(path)], check=True
+    )
     try:
         yield path
     finally:
