@@ -152,3 +152,31 @@ def test_no_stale_stat_after_own_overwrite_of_a_listed_file(work: Path) -> None:
     assert st.st_size == 25
     assert st.st_mtime_ns > old_mtime - 10**10
     assert read(p) == b"2" * 25
+
+
+def test_mtime_seen_at_close_is_the_one_stored(work: Path, mount_factory: Callable[..., Path]) -> None:
+    """The mtime a writer sees after close must not jump when the upload lands (make, vim, rsync)."""
+    p = work / "f"
+    write(p, b"data")
+    seen = p.stat().st_mtime_ns
+    sync(work)
+    other = mount_factory() / "home" / work.name / "f"
+    assert other.stat().st_mtime_ns == seen
+    assert p.stat().st_mtime_ns == seen
+
+
+def test_dir_mtime_set_after_writing_children_survives_their_upload(
+    work: Path, mount_factory: Callable[..., Path]
+) -> None:
+    """rsync/tar/cp -a: write the children, then set the directory's mtime; the later uploads keep it."""
+    d = work / "d"
+    d.mkdir()
+    for name in ("a", "b"):
+        write(d / name, name.encode() * 100)
+    stamp = 1_500_000_000_000_000_000
+    os.utime(d, ns=(stamp, stamp))
+    assert d.stat().st_mtime_ns == stamp
+    sync(work)
+    assert d.stat().st_mtime_ns == stamp
+    other = mount_factory() / "home" / work.name / "d"
+    assert other.stat().st_mtime_ns == stamp
