@@ -157,3 +157,29 @@ class Mounts:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         return problems
+
+
+def create_project_space(gateway: str, owner: str, password: str, name: str) -> Any:
+    """CreateStorageSpace(type "project") as `owner` (meshfs has no call for it): the space root's
+    meshfs ResourceId. Raw CS3 here on purpose: this is test set-up, not the code under test."""
+    import grpc
+    from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
+    from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+    from cs3.rpc.v1beta1 import code_pb2
+    from cs3.storage.provider.v1beta1 import spaces_api_pb2 as spaces
+
+    from meshfs.cs3 import ResourceId
+
+    with grpc.insecure_channel(gateway) as ch:
+        stub = gw_grpc.GatewayAPIStub(ch)
+        auth = stub.Authenticate(
+            gw.AuthenticateRequest(type="basic", client_id=owner, client_secret=password), timeout=30
+        )
+        assert auth.status.code == code_pb2.CODE_OK, auth.status
+        md = [("x-access-token", auth.token)]
+        res = stub.CreateStorageSpace(
+            spaces.CreateStorageSpaceRequest(type="project", name=name), metadata=md, timeout=30
+        )
+        assert res.status.code == code_pb2.CODE_OK, res.status
+        root = res.storage_space.root
+        return ResourceId(root.storage_id, root.space_id, root.opaque_id)
