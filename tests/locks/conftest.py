@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lockkit import Cs3, LockProc, LoopThread, Mounter, PausableProxy  # type: ignore[import-not-found]
+from lockkit import Cs3, LockProc, LoopThread, Mounter, PausableProxy
 
 from meshfs.cs3 import Ref
 

@@ -61,7 +61,12 @@ def errno_of(fn: Callable[[], object]) -> str | None:
 
 def run_meshfs(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "meshfs", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+        [sys.executable, "-m", "meshfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -156,7 +161,9 @@ class Mounter:
                 forced.append(f"umount {node.mountpoint} hung")
         if is_mounted(node.mountpoint):
             forced.append(f"lazy unmount of {node.mountpoint}")
-            subprocess.run(["umount", "-l", os.fspath(node.mountpoint)], capture_output=True, timeout=30, check=False)
+            subprocess.run(
+                ["umount", "-l", os.fspath(node.mountpoint)], capture_output=True, timeout=30, check=False
+            )
         if node.pid and pid_alive(node.pid):
             with contextlib.suppress(AssertionError):
                 wait_for(lambda: not pid_alive(node.pid), 10, "daemon exit")
@@ -284,7 +291,7 @@ class LoopThread:
         return trio.from_thread.run(bounded, trio_token=self._token)
 
     def start(self, afn: Callable[..., Awaitable[Any]]) -> None:
-        """Start a background task (started with nursery.start: returns once it called task_status.started)."""
+        """Start a background task with nursery.start (returns once it called task_status.started)."""
 
         async def go() -> None:
             assert self._nursery is not None

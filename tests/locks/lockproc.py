@@ -49,7 +49,9 @@ def _check(rc: int) -> int:
 
 
 def _fcntl_lock(fd: int, cmd: int, type_: int, start: int, length: int) -> bytes:
-    buf = ctypes.create_string_buffer(FLOCK_STRUCT.pack(type_, os.SEEK_SET, start, length, 0), FLOCK_STRUCT.size)
+    buf = ctypes.create_string_buffer(
+        FLOCK_STRUCT.pack(type_, os.SEEK_SET, start, length, 0), FLOCK_STRUCT.size
+    )
     _check(LIBC.fcntl(fd, cmd, buf))
     return buf.raw
 

@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from lockkit import LockProc, Mounter, errno_of, wait_for  # type: ignore[import-not-found]
+from lockkit import LockProc, Mounter, Node, errno_of, wait_for
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -26,7 +26,7 @@ OPTS = ("lock_expiry=20s", "lock_refresh_interval=5s")
 PROMPT = 3.0  # "promptly": the blocking poll backs off to at most 1 s
 
 
-def two_nodes(mounter: Mounter, area, *, content: bytes = b"hello\n") -> tuple[object, object, Path, Path, str]:  # type: ignore[no-untyped-def]
+def two_nodes(mounter: Mounter, area, *, content: bytes = b"hello\n") -> tuple[Node, Node, Path, Path, str]:  # type: ignore[no-untyped-def]
     """Nodes A and B (einstein twice), a file written on A and stored on the server; paths on A and B."""
     a = mounter.mount("einstein", *OPTS)
     b = mounter.mount("einstein", *OPTS)
@@ -40,7 +40,7 @@ def two_nodes(mounter: Mounter, area, *, content: bytes = b"hello\n") -> tuple[o
 
 
 def try_flock(path: Path, how: int) -> str | None:
-    """errno name of a non-blocking flock on a fresh open file description of `path` (None = granted, then released)."""
+    """errno name of a non-blocking flock on a fresh open of `path` (None: granted, then released)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         return errno_of(lambda: fcntl.flock(fd, how | fcntl.LOCK_NB))
@@ -117,7 +117,7 @@ def test_flock_ex_conflicts_across_nodes_and_is_visible(mounter, area, procs, cs
 
 
 def test_blocking_flock_on_b_returns_promptly_after_a_unlocks(mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
-    a, b, pa, pb, rel = two_nodes(mounter, area)
+    _a, b, pa, pb, rel = two_nodes(mounter, area)
     ha: LockProc = procs()
     hb: LockProc = procs()
     ha.ok("open", "f", pa, "r")
@@ -140,7 +140,7 @@ def test_blocking_flock_on_b_returns_promptly_after_a_unlocks(mounter, area, pro
 
 
 def test_sigint_ends_a_waiting_flock_and_leaves_no_lock(mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
-    a, b, pa, pb, rel = two_nodes(mounter, area)
+    _a, b, pa, pb, rel = two_nodes(mounter, area)
     ha: LockProc = procs()
     hb: LockProc = procs()
     ha.ok("open", "f", pa, "r")
@@ -174,7 +174,7 @@ def test_sigint_ends_a_waiting_flock_and_leaves_no_lock(mounter, area, procs, cs
 def test_shared_locks_local_pair_and_across_nodes(mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
     """Two LOCK_SH on one node coexist; a LOCK_EX there waits for both. CS3 has no shared locks, so a
     LOCK_SH on node B while A holds LOCK_SH conflicts (EWOULDBLOCK): documented behaviour, asserted."""
-    a, b, pa, pb, rel = two_nodes(mounter, area)
+    a, _b, pa, pb, rel = two_nodes(mounter, area)
     s1: LockProc = procs()
     s2: LockProc = procs()
     s1.ok("open", "f", pa, "r")
@@ -196,9 +196,10 @@ def test_shared_locks_local_pair_and_across_nodes(mounter, area, procs, cs3) -> 
     assert try_flock(pa, fcntl.LOCK_SH) is None
     assert try_flock(pb, fcntl.LOCK_SH) in ("EWOULDBLOCK", "EAGAIN")
     s2.ok("close", "f")
-    wait_for(lambda: cs3.einstein.get_lock(cs3.einstein.ref(rel)) is None, 10, "release after the last holder")
+    wait_for(
+        lambda: cs3.einstein.get_lock(cs3.einstein.ref(rel)) is None, 10, "release after the last holder"
+    )
     assert try_flock(pb, fcntl.LOCK_SH) is None
-
 
 
 def test_close_then_reopen_for_write_on_the_same_node(mounter, area, cs3) -> None:  # type: ignore[no-untyped-def]
@@ -209,12 +210,14 @@ def test_close_then_reopen_for_write_on_the_same_node(mounter, area, cs3) -> Non
     p.write_bytes(b"x")
     a.sync()
     refused = 0
-    for i in range(5):
+    for _i in range(5):
         fd = os.open(p, os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(fd)
         got = errno_of(lambda: os.close(os.open(p, os.O_WRONLY)))
         assert got in (None, "EACCES"), got
         refused += got == "EACCES"
-        wait_for(lambda: cs3.einstein.get_lock(cs3.einstein.ref(f"{area.name}/again.txt")) is None, 10, "unlock")
+        wait_for(
+            lambda: cs3.einstein.get_lock(cs3.einstein.ref(f"{area.name}/again.txt")) is None, 10, "unlock"
+        )
     assert refused == 0, f"{refused} of 5 reopens for write were refused by our own lock being released"
