@@ -58,7 +58,10 @@ class Mounter:
     root: Path
     mounts: list[MountInfo] = field(default_factory=list)
 
-    def mount(self, user: str = "einstein", *options: str, cache_dir: Path | None = None) -> Path:
+    def mount(
+        self, user: str = "einstein", *options: str, cache_dir: Path | None = None, gateway: str | None = None
+    ) -> Path:
+        """Mount `user` through the real CLI (gateway: host:port instead of the stack's, e.g. a proxy)."""
         n = len(self.mounts)
         mp = self.root / f"mnt-{user}-{n}"
         mp.mkdir(parents=True)
@@ -69,7 +72,7 @@ class Mounter:
         opts = ",".join(("tls=false", "drain_timeout=60s", *options))
         proc = run_meshfs(
             "mount",
-            f"cs3://{user}@{self.reva.gateway}",
+            f"cs3://{user}@{gateway or self.reva.gateway}",
             os.fspath(mp),
             "--password-file",
             os.fspath(pw),
@@ -135,7 +138,7 @@ def _umount_all(mounter: Mounter) -> None:
 
 @pytest.fixture
 def mount_factory(reva: Any, tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """mount_factory(user="einstein", *options, cache_dir=None) -> mountpoint of a fresh mount."""
+    """mount_factory(user="einstein", *options, cache_dir=None, gateway=None) -> a fresh mountpoint."""
     m = Mounter(reva, tmp_path / "m")
     try:
         yield m.mount

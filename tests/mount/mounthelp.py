@@ -143,3 +143,7 @@ class WebDav:
     def mkcol(self, rel: str) -> None:
         with self._do("MKCOL", rel) as resp:
             assert resp.status in (200, 201), resp.status
+
+    def delete(self, rel: str) -> None:
+        with self._do("DELETE", rel) as resp:
+            assert resp.status in (200, 204), resp.status

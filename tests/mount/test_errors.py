@@ -1,0 +1,218 @@
+"""Errors: a gateway that is not there at mount time, and one that goes away under an established mount.
+
+The outage is made by a small trio TCP proxy between the mount and the gateway (metadata only: the
+data gateway URL comes from the server and is reached directly). The proxy can forward, black-hole
+(connections stay open, nothing passes) or reset (every connection is closed at once).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from mounthelp import WebDav, run_meshfs  # type: ignore[import-not-found]
+
+pytestmark = [pytest.mark.reva, pytest.mark.fuse]
+
+CALL_TIMEOUT = 2.0
+UNAVAILABLE_TIMEOUT = 4.0
+# an operation on a dead server must fail within unavailable_timeout (+ the call running when it expires)
+EIO_BOUND = UNAVAILABLE_TIMEOUT + CALL_TIMEOUT + 3.0
+OUTAGE_OPTIONS = (
+    f"call_timeout={CALL_TIMEOUT:g}s",
+    f"unavailable_timeout={UNAVAILABLE_TIMEOUT:g}s",
+    "transfer_timeout=5s",
+    "dir_poll_interval=0",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one error line, got {lines!r}"
+    assert lines[0].startswith("meshfs: "), lines[0]
+    return lines[0]
+
+
+def test_mount_with_nothing_listening_fails_with_one_line(reva: Any, tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    pw = tmp_path / "pw"
+    pw.write_text(reva.einstein.password)
+    pw.chmod(0o600)
+    port = free_port()
+    t0 = time.monotonic()
+    proc = run_meshfs(
+        "mount", f"cs3://einstein@127.0.0.1:{port}", os.fspath(mp), "--password-file", os.fspath(pw),
+        "--cache-dir", os.fspath(tmp_path / "cache"), "-o", f"tls=false,call_timeout={CALL_TIMEOUT:g}s",
+        timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    line = one_error_line(proc.stderr)
+    assert f"127.0.0.1:{port}" in line, line
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        assert os.fspath(mp) not in f.read()
+
+
+def test_mount_with_a_wrong_password_fails_with_one_line(reva: Any, tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    pw = tmp_path / "pw"
+    pw.write_text("not-the-password")
+    pw.chmod(0o600)
+    proc = run_meshfs(
+        "mount", f"cs3://einstein@{reva.gateway}", os.fspath(mp), "--password-file", os.fspath(pw),
+        "--cache-dir", os.fspath(tmp_path / "cache"), "-o", "tls=false", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    one_error_line(proc.stderr)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        assert os.fspath(mp) not in f.read()
+
+
+class Proxy:
+    """TCP proxy 127.0.0.1:<port> → target; mode "forward", "blackhole" or "reset"."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.mode = "forward"
+        self._changed = trio.Event()
+        self._scopes: set[trio.CancelScope] = set()
+        self.connections = 0
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "reset":
+            for scope in list(self._scopes):
+                scope.cancel()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _gate(self) -> None:
+        while self.mode == "blackhole":
+            await self._changed.wait()
+        if self.mode == "reset":
+            raise trio.BrokenResourceError("reset")
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await self._gate()
+                upstream = await trio.open_tcp_stream(*self.target)
+                async with upstream, trio.open_nursery() as n:
+                    n.start_soon(self._pump, client, upstream, n.cancel_scope)
+                    n.start_soon(self._pump, upstream, client, n.cancel_scope)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                self._scopes.discard(scope)
+        await client.aclose()
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
+        try:
+            while True:
+                await self._gate()
+                data = await src.receive_some(65536)
+                if not data:
+                    break
+                await self._gate()
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        done.cancel()
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, limit: float = 120.0) -> Any:
+    """Run a blocking call (file system, CLI) off the trio loop that runs the proxy; bounded."""
+    with trio.fail_after(limit):
+        return await trio.to_thread.run_sync(lambda: fn(*args), abandon_on_cancel=True)
+
+
+async def timed_errno(fn: Callable[..., Any], *args: Any) -> tuple[int | None, float]:
+    t0 = time.monotonic()
+    try:
+        await in_thread(fn, *args, limit=EIO_BOUND + 60)
+    except OSError as e:
+        return e.errno, time.monotonic() - t0
+    return None, time.monotonic() - t0
+
+
+async def wait_listdir_ok(path: Path, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result: list[str] = await in_thread(os.listdir, path, limit=timeout)
+            return result
+        except OSError as e:
+            last = e
+            await trio.sleep(0.2)
+    raise AssertionError(f"{path} still failing {timeout:g} s after the server came back: {last!r}")
+
+
+@pytest.mark.parametrize("outage", ["blackhole", "reset"])
+async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recovers(
+    outage: str,
+    reva: Any,
+    mount_factory: Callable[..., Path],
+    webdav: WebDav,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    host, port = reva.gateway.rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    proxy_port = await nursery.start(proxy.serve)
+    mnt: Path = await in_thread(
+        lambda: mount_factory("einstein", *OUTAGE_OPTIONS, gateway=f"127.0.0.1:{proxy_port}")
+    )
+    name = f"mt-outage-{outage}-{tmp_path.name[-12:]}-{os.getpid()}"
+    await in_thread(webdav.mkcol, name)
+    await in_thread(webdav.put, f"{name}/f", b"x")
+    try:
+        proxy.set_mode(outage)
+        # never listed by the mount: the listing needs the server
+        code, elapsed = await timed_errno(os.listdir, mnt / "home" / name)
+        assert code == errno.EIO, (
+            f"expected EIO, got {errno.errorcode.get(code or 0, code)} after {elapsed:.1f} s"
+        )
+        # the daemon itself stays responsive
+        status = await in_thread(run_meshfs, "status", os.fspath(mnt), "--json", limit=30)
+        assert status.returncode == 0, status.stderr
+        proxy.set_mode("forward")
+        assert await wait_listdir_ok(mnt / "home" / name, 30) == ["f"]
+        assert await in_thread((mnt / "home" / name / "f").read_bytes) == b"x"
+        # new work after the outage
+        await in_thread((mnt / "home" / name / "g").write_bytes, b"after")
+        await in_thread(run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "60", limit=90)
+        assert await in_thread(webdav.get, f"{name}/g") == b"after"
+        # checked last so that a slow EIO does not hide whether the mount survives and recovers
+        assert elapsed <= EIO_BOUND, f"EIO only after {elapsed:.1f} s (bound {EIO_BOUND:g} s)"
+    finally:
+        proxy.set_mode("forward")
+        await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
+        try:
+            await in_thread(webdav.delete, name)
+        except Exception:  # best effort cleanup of the server side
+            pass
