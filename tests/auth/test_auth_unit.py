@@ -223,7 +223,9 @@ async def test_token_file_reread_when_changed(tmp_path: Path) -> None:
     assert source.file_reads == 3
 
 
-async def test_unsafe_or_empty_rewrite_keeps_the_old_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unsafe_or_empty_rewrite_keeps_the_old_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     a, b = reva_like(time.time() + 600), reva_like(time.time() + 1200)
     path = write_secret(tmp_path / "t", a)
     source = MountCredentials(token_file=TokenFile(path, "token_file"))
