@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 VIRTUAL_INODES = (SHARED_WITH_ME_INODE, PENDING_INODE, SHARED_BY_ME_INODE, PROJECTS_INODE)
 GRANTEES_XATTR = b"user.meshfs.grantees"
 ACTIONS = ("add", "ls", "rm", "accept", "decline", "pending")
+OCM_PREFIX = "ocm:"  # share ids of federated shares received from other sites (Node.share_id too)
 
 
 class ShareError(InvalidArgument):
@@ -81,6 +82,18 @@ class ShareRow:
     role: str  # "viewer", "editor" or "custom"
     state: str  # with-me: pending/accepted/rejected; by-me: "granted"
     resource_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """A received share, user or federated, as the with-me commands need it."""
+
+    id: str
+    state: ShareState
+    role: Role | None
+    sharer: UserId | None
+    resource_id: str
+    share: ReceivedShare | None
 
 
 def _role_name(role: Role | None) -> str:
@@ -290,18 +303,19 @@ class ShareCommands:
 
     async def ls(self, path: str | None = None) -> list[ShareRow]:
         """Shares of PATH (the grants on it if it is ours, the received share if it is one), or all:
-        every grant of ours, then every received share (pending, accepted and declined)."""
+        every grant of ours, then every received share (pending, accepted and declined; OCM too)."""
         if path is not None:
             node, rel = await self._shareable(path)
             assert node.rid is not None
             if node.share_id is not None:
-                got = [r for r in await self.tree.received_shares(force=True) if r.id == node.share_id]
+                await self.refresh()
+                got = [r for r in await self._received() if r.id == node.share_id]
                 return [await self._row_with_me(r, rel) for r in got]
             return [await self._row_by_me(s, rel) for s in await self.shares.list_shares(node.rid)]
         await self.refresh()
         rows = [await self._row_by_me(s) for s in await self.shares.list_shares()]
         names = await self._with_me_names()
-        for r in await self.tree.received_shares():
+        for r in await self._received():
             rows.append(await self._row_with_me(r, names.get(r.id, "")))
         return rows
 
@@ -340,28 +354,56 @@ class ShareCommands:
                     out[child.share_id] = prefix + name
         return out
 
-    async def _row_with_me(self, r: ReceivedShare, path: str) -> ShareRow:
+    async def _received(self) -> list[_Received]:
+        """Every received share, user shares and federated (OCM) ones (ids "ocm:<id>"), from the
+        tree's caches (refresh() first for fresh ones)."""
+        out = [
+            _Received(r.id, r.state, r.role, r.sharer or r.creator, str(r.resource_id), r)
+            for r in await self.tree.received_shares()
+        ]
+        ocm_list = getattr(self.tree, "received_ocm_shares", None)  # hook H3c
+        fed = await (ocm_list() if ocm_list is not None else self.shares.list_received_ocm_shares())
+        for f in fed:
+            out.append(_Received(OCM_PREFIX + f.id, f.state, Role.VIEWER, f.owner or f.creator, "", None))
+        return out
+
+    async def _row_with_me(self, r: _Received, path: str) -> ShareRow:
+        if r.id.startswith(OCM_PREFIX):
+            who = r.sharer.opaque_id.split("@", 1)[0] + "@" + r.sharer.idp if r.sharer else ""
+        else:
+            who = await self.username(r.sharer)
         return ShareRow(
             id=r.id,
             direction="with-me",
             path=path,
-            user=await self.username(r.sharer or r.creator),
+            user=who,
             role=_role_name(r.role),
             state=r.state.value,
-            resource_id=str(r.resource_id),
+            resource_id=r.resource_id,
         )
+
+    async def _set_state(self, share_id: str, state: ShareState, mount_point: str | None = None) -> None:
+        if not share_id.startswith(OCM_PREFIX):
+            await self.shares.update_received_share(share_id, state, mount_point=mount_point)
+            return
+        update = getattr(self.shares, "update_received_ocm_share", None)  # hook H3b
+        if update is None:
+            raise ShareError(
+                "accepting/declining federated (OCM) shares needs Shares.update_received_ocm_share"
+            )
+        await update(share_id[len(OCM_PREFIX) :], state)
 
     async def pending(self) -> list[ShareRow]:
         await self.refresh()
         names = await self._with_me_names()
-        got = [r for r in await self.tree.received_shares() if r.state is ShareState.PENDING]
+        got = [r for r in await self._received() if r.state is ShareState.PENDING]
         return [await self._row_with_me(r, names.get(r.id, "")) for r in got]
 
-    async def _find_received(self, name: str, states: Sequence[ShareState]) -> ReceivedShare:
+    async def _find_received(self, name: str, states: Sequence[ShareState]) -> _Received:
         """NAME: an entry of shared-with-me/.pending/ (or shared-with-me/), a path to one, or a share id."""
         await self.refresh()
         names = await self._with_me_names()
-        shares = [r for r in await self.tree.received_shares() if r.state in states]
+        shares = [r for r in await self._received() if r.state in states]
         key = name.strip().rstrip("/")
         for prefix in ("shared-with-me/.pending/", "shared-with-me/", ".pending/"):
             if key.startswith(prefix):
@@ -380,15 +422,17 @@ class ShareCommands:
 
     async def accept(self, name: str, *, mount_point: str | None = None) -> ShareRow:
         share = await self._find_received(name, (ShareState.PENDING, ShareState.REJECTED))
-        await self.shares.update_received_share(share.id, ShareState.ACCEPTED, mount_point=mount_point)
+        await self._set_state(
+            share.id, ShareState.ACCEPTED, None if share.id.startswith(OCM_PREFIX) else mount_point
+        )
         await self.refresh()
         names = await self._with_me_names()
-        got = [r for r in await self.tree.received_shares() if r.id == share.id]
+        got = [r for r in await self._received() if r.id == share.id]
         return await self._row_with_me(got[0] if got else share, names.get(share.id, ""))
 
     async def decline(self, name: str) -> ShareRow:
         share = await self._find_received(name, (ShareState.PENDING, ShareState.ACCEPTED))
-        await self.shares.update_received_share(share.id, ShareState.REJECTED)
+        await self._set_state(share.id, ShareState.REJECTED)
         await self.refresh()
         row = await self._row_with_me(share, "")
         return ShareRow(
@@ -406,9 +450,8 @@ class ShareCommands:
         node = await self.tree.lookup(old_parent, old_name)
         if node.share_id is None:
             raise _Eperm("not a pending share", op="rename", path=old_name)
-        await self.shares.update_received_share(
-            node.share_id, ShareState.ACCEPTED, mount_point=new_name if new_name != old_name else None
-        )
+        # a federated share keeps its name (OCM has no mount point to set)
+        await self._set_state(node.share_id, ShareState.ACCEPTED, new_name if new_name != old_name else None)
         await self.refresh()
         return node
 
@@ -458,7 +501,7 @@ class ShareCommands:
                 session.invalidate_inode(inode, -1)
             self._known[inode] = dict(after)
         with _quiet():
-            latest = await self.tree.received_shares()  # what the listings just used (cached)
+            latest = await self._received()  # what the listings just used (cached)
             self._seen = frozenset((r.id, r.state.value) for r in latest)
 
     async def watch(
@@ -471,10 +514,13 @@ class ShareCommands:
             await trio.sleep(interval)
             try:
                 got = await self.shares.list_received_shares()
+                fed = await self.shares.list_received_ocm_shares()
             except MeshError as e:
                 log.debug("share poll: %s", e)
                 continue
-            seen = frozenset((r.id, r.state.value) for r in got)
+            seen = frozenset((r.id, r.state.value) for r in got) | frozenset(
+                (OCM_PREFIX + f.id, f.state.value) for f in fed
+            )
             if seen != self._seen:
                 if self._seen is not None:
                     log.info("received shares changed; refreshing shared-with-me/")

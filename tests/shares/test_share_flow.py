@@ -84,9 +84,11 @@ def test_marie_shares_folder_and_notebook_with_einstein(mounts: Mounts) -> None:
         (swm / folder / "data.txt").write_text("v2 by einstein\n")
         (swm / folder / "new.txt").write_text("hello marie\n")
         assert einstein.meshfs("sync", os.fspath(swm / folder)).returncode == 0
+        seen = mhome / folder / "data.txt"
         wait_for(
-            lambda: _read(mhome / folder / "data.txt") == "v2 by einstein\n",
-            what="marie to see einstein's edit",
+            lambda: _read(seen) == "v2 by einstein\n",
+            timeout=60,  # bounded; generous because this 2-core machine runs other suites at once
+            what=f"marie to see einstein's edit (she sees {_read(seen)!r} at the start)",
         )
         wait_for(lambda: (mhome / folder / "new.txt").exists(), what="marie to see einstein's new file")
         assert (mhome / folder / "new.txt").read_text() == "hello marie\n"
