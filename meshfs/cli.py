@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import select
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,10 +163,13 @@ STATUS_DESCRIPTION = _dedent("""
 
 STATUS_EPILOG = _dedent("""
     --json prints one object:
-      {"mounts": [{"mountpoint": str, "source": str, "pid": int, "cache_dir": str,
-                   "started": float (unix time), "state": "running" | "stopping" | "unreachable",
+      {"mounts": [{"mountpoint": str, "source": str, "pid": int | null, "cache_dir": str | null,
+                   "started": float (unix time) | null,
+                   "state": "running" | "stopping" | "unreachable" | "dead",
                    "fs": {...} (the filesystem's own report) | null, "error": str | null}]}
-    Exit status 1 if MOUNTPOINT is not a meshfs mount, or if a daemon did not answer.
+    "unreachable": the daemon runs but did not answer; "dead": a meshfs mount of yours that no
+    daemon serves any more (killed): clear it with meshfs umount --lazy MOUNTPOINT.
+    Exit status 1 if MOUNTPOINT is not a meshfs mount, or if any mount is unreachable or dead.
 """)
 
 SYNC_DESCRIPTION = _dedent("""
@@ -682,20 +687,56 @@ def _ago(started: float) -> str:
     return f"{secs}s"
 
 
+def _connection_dead(mountpoint: str) -> bool:
+    """True when the FUSE mount answers ENOTCONN (its daemon is gone). Probed in a thread with a
+    bound: a mount whose daemon is alive but hung must not hang `meshfs status`."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(mountpoint)
+            result.append(False)
+        except OSError as e:
+            result.append(e.errno == errno.ENOTCONN)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(1.0)
+    return bool(result and result[0])
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     entries = control.list_entries()
+    served = {e.mountpoint for e in entries}
+    dead = [
+        {"mountpoint": point, "source": info.source, "pid": None, "cache_dir": None, "started": None,
+         "state": "dead", "fs": None,
+         "error": f"no meshfs daemon serves this mount any more; run: meshfs umount --lazy {point}"}
+        for point, info in daemon.mounted_filesystems().items()
+        if info.fstype == "fuse.meshfs" and info.owner == os.getuid() and point not in served
+        and _connection_dead(point)
+    ]  # fmt: skip
     if ns.mountpoint is not None:
         entry = control.find_entry(ns.mountpoint)
         if entry is None:
-            raise Failure(f"{ns.mountpoint} is not a meshfs mount of yours")
-        entries = [entry]
-    rows = [_query_status(e) for e in entries]
+            lexical = os.path.abspath(ns.mountpoint)
+            dead = [d for d in dead if d["mountpoint"] in (lexical, os.path.realpath(lexical))]
+            if not dead:
+                raise Failure(f"{ns.mountpoint} is not a meshfs mount of yours")
+        entries = [entry] if entry is not None else []
+        if entry is not None:
+            dead = []
+    rows = [_query_status(e) for e in entries] + dead
     if ns.json:
         print(json.dumps({"mounts": rows}, indent=2, default=str))
     elif not rows:
         print("no meshfs mounts")
     else:
         for row in rows:
+            if row["state"] == "dead":
+                print(f"{row['mountpoint']}  {row['source']}  dead")
+                print(f"  error: {row['error']}")
+                continue
             print(
                 f"{row['mountpoint']}  {row['source']}  pid {row['pid']}  {row['state']}  "
                 f"up {_ago(row['started'])}"

@@ -4,8 +4,9 @@ Owns: the runtime directory, the per-mount registry files, the JSON-lines protoc
 (in the daemon) and the blocking client (in the CLI). Must not import: meshfs.vfs, meshfs.cs3,
 meshfs.fuse, grpc, cs3apis or urllib3; the daemon passes in a `Handler` that does the work.
 
-Runtime directory (mode 0700, owned by the user; refused otherwise):
-  $MESHFS_RUNTIME_DIR, else $XDG_RUNTIME_DIR/meshfs, else /run/meshfs for root, else /tmp/meshfs-<uid>.
+Runtime directory (mode 0700, owned by the user; refused otherwise): $MESHFS_RUNTIME_DIR, else
+/run/meshfs for root, else $XDG_RUNTIME_DIR/meshfs, else /run/user/UID/meshfs when that directory is
+the user's (a cron job has no XDG_RUNTIME_DIR but the same session dir), else /tmp/meshfs-UID.
 
 Registry: one mount = two files named after KEY = the first 16 hex digits of sha256(the mountpoint's
 real path, resolved before mounting):
@@ -61,14 +62,23 @@ class DaemonGone(ControlError):
 
 
 def runtime_dir() -> Path:
-    """The directory holding the registry and the sockets (not created here)."""
+    """The directory holding the registry and the sockets (not created here).
+
+    It must be the same for every process of the user (a login shell, a cron job, a systemd
+    unit), so it depends on the uid first and on the environment only where that is consistent.
+    """
     if env := os.environ.get("MESHFS_RUNTIME_DIR"):
         return Path(env)
+    uid = os.getuid()
+    if uid == 0:
+        return Path("/run/meshfs")
     if xdg := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(xdg) / "meshfs"
-    if os.getuid() == 0:
-        return Path("/run/meshfs")
-    return Path(f"/tmp/meshfs-{os.getuid()}")
+    session = Path(f"/run/user/{uid}")  # what XDG_RUNTIME_DIR is in a logind session
+    with contextlib.suppress(OSError):
+        if session.stat().st_uid == uid:
+            return session / "meshfs"
+    return Path(f"/tmp/meshfs-{uid}")
 
 
 def ensure_runtime_dir() -> Path:

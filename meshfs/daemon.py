@@ -177,6 +177,7 @@ class MountInfo:
     devno: str
     """major:minor; for FUSE the minor is the connection number in /sys/fs/fuse/connections"""
     super_options: str
+    source: str = ""
 
     @property
     def owner(self) -> int | None:
@@ -202,7 +203,12 @@ def mounted_filesystems() -> dict[str, MountInfo]:
         if len(fields) < 5 or not tail:
             continue
         point = _unescape_mount_path(fields[4])
-        found[point] = MountInfo(tail[0], fields[2], tail[2] if len(tail) > 2 else "")
+        found[point] = MountInfo(
+            tail[0],
+            fields[2],
+            tail[2] if len(tail) > 2 else "",
+            _unescape_mount_path(tail[1]) if len(tail) > 1 else "",
+        )
     return found
 
 
@@ -365,6 +371,14 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside nested exception groups (not a Cancelled)."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)] or list(exc.exceptions)
+        exc = inner[0]
+    return exc
+
+
 def _first(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of `kinds` inside `exc` (which may be a nested exception group)."""
     if isinstance(exc, kinds):
@@ -467,7 +481,10 @@ class Daemon:
             failure = _first(exc, (StartupError, MeshError, ConfigError, OSError, trio.TooSlowError))
             if failure is None:
                 log.error("internal error", exc_info=exc)
-                return self._fail(f"internal error: {_one_line(exc)} (traceback in the log)")
+                leaf = _leaf(exc)
+                return self._fail(
+                    f"internal error: {type(leaf).__name__}: {_one_line(leaf)} (traceback in the log)"
+                )
             message = _one_line(failure)
             if isinstance(failure, trio.TooSlowError):
                 message = "the kernel did not start the FUSE session within 30 s"
@@ -546,18 +563,22 @@ class Daemon:
         await self._unmount()
 
     async def _unmount(self) -> None:
+        """Unmount through the session; whatever is still mounted afterwards (the session lost its
+        connection, unmount failed or hung) is detached lazily, so the daemon never leaves a dead
+        mount behind."""
         if not self._mounted or self._session is None:
             return
         self._mounted = False
         with trio.move_on_after(30):
             try:
                 await self._session_api.unmount(self._session)
-                return
             except OSError as e:
                 log.warning("%s: unmount failed (%s); detaching lazily", self.plan.mountpoint, e.strerror)
-        failure = await trio.to_thread.run_sync(detach_mount, self.plan.mountpoint)
-        if failure:
-            log.error("%s: lazy unmount failed: %s", self.plan.mountpoint, failure)
+        left = mounted_filesystems().get(self.plan.mountpoint)
+        if left is not None and left.fstype == "fuse.meshfs":
+            failure = await trio.to_thread.run_sync(detach_mount, self.plan.mountpoint)
+            if failure:
+                log.error("%s: lazy unmount failed: %s", self.plan.mountpoint, failure)
 
     async def _emergency_unmount(self) -> None:
         with trio.CancelScope(shield=True):

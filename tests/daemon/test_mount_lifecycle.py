@@ -16,9 +16,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from rigs import SOURCE, Rig, mounted, one_line, pid_alive, wait_for
+
+from meshfs import daemon
 
 pytestmark = pytest.mark.fuse
 
@@ -295,8 +299,12 @@ def test_umount_and_status_of_something_else(rig: Rig) -> None:
     assert done.returncode == 1 and "not a meshfs mount" in one_line(done.stderr)
     done = rig.meshfs("sync", os.fspath(rig.root))
     assert done.returncode == 1 and "not inside a meshfs mount" in one_line(done.stderr)
-    done = rig.meshfs("status")
-    assert done.returncode == 0 and done.stdout.strip() == "no meshfs mounts"
+    done = rig.meshfs("status", "--json")
+    others = json.loads(done.stdout)["mounts"]  # dead mounts other tests of this machine left, if any
+    assert not [r for r in others if r["mountpoint"].startswith(os.fspath(rig.root))]
+    if not others:
+        done = rig.meshfs("status")
+        assert done.returncode == 0 and done.stdout.strip() == "no meshfs mounts"
 
 
 # ------------------------------------------------------------------------------- lazy and force
@@ -350,7 +358,12 @@ def test_dead_daemon_leaves_a_mount_that_umount_lazy_clears(rig: Rig) -> None:
     assert mounted(rig.mountpoint)
     done = rig.meshfs("umount", os.fspath(rig.mountpoint))
     assert done.returncode == 1 and "--lazy" in one_line(done.stderr)
-    assert rig.meshfs("status", "--json").returncode == 0  # the stale entry is cleaned, not reported
+    # the registry entry of the dead daemon is cleaned; the mount it left is reported as dead
+    done = rig.meshfs("status", "--json")
+    assert done.returncode == 1
+    rows = [r for r in json.loads(done.stdout)["mounts"] if r["mountpoint"] == os.fspath(rig.mountpoint)]
+    assert len(rows) == 1 and rows[0]["state"] == "dead" and rows[0]["pid"] is None
+    assert "--lazy" in rows[0]["error"]
     assert rig.entries() == []
     _umount(rig, "--lazy")
     assert not mounted(rig.mountpoint)
@@ -407,3 +420,52 @@ def test_umount_force_with_a_stopped_daemon(rig: Rig) -> None:
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+class _CrashingSessionApi(daemon.SessionApi):
+    """Serves until INIT, then dies the way a bug in the request loop would: the session closes
+    its /dev/fuse fd and forgets the mount, which the kernel still has (ENOTCONN for users)."""
+
+    async def serve(self, session: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            await self.wait_initialized(session)
+            raise RuntimeError("request loop crashed")
+
+
+def test_a_crashing_session_leaves_no_mount(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fakefs import FakeFilesystem
+
+    from meshfs.config import load_config
+
+    monkeypatch.setenv("MESHFS_RUNTIME_DIR", os.fspath(rig.runtime_dir))
+    config = load_config(
+        flags={
+            "source": SOURCE,
+            "mountpoint": os.fspath(rig.mountpoint),
+            "cache_dir": os.fspath(rig.cache_dir),
+            "password_file": os.fspath(rig.password_file),
+            "tls": False,
+        }
+    )
+    plan = daemon.MountPlan(
+        source=SOURCE, mountpoint=os.fspath(rig.mountpoint), cache_dir=rig.cache_dir, drain_timeout=10
+    )
+    r, w = os.pipe()
+    d = daemon.Daemon(
+        config,
+        plan,
+        fs_factory=FakeFilesystem,
+        session_api=_CrashingSessionApi(),
+        readiness=daemon.Readiness(w),
+    )
+    try:
+        assert d.run() == 1
+        assert not mounted(rig.mountpoint)
+        assert rig.entries() == []
+        assert os.read(r, 200).startswith(b"READY ")  # it was live before the crash
+        assert "internal error: RuntimeError: request loop crashed (traceback in the log)" in caplog.text
+    finally:
+        os.close(r)
