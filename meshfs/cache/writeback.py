@@ -114,6 +114,8 @@ class WriteBack:
         self.mtimes: dict[str, int] = {}
         #: the CS3 lock id we currently hold on a key (the vfs's lock manager), if any
         self.lock_of: Callable[[str], str | None] = lambda key: None
+        #: the local mtime of a dirty file (what stat showed), stored with the upload
+        self.mtime_of: Callable[[str], int | None] = lambda key: None
         self.uploaded_bytes = 0
         self.uploads_done = 0
 
@@ -376,7 +378,7 @@ class WriteBack:
         if_not_exist: bool = False,
         fresh: bool = False,
     ) -> UploadResult:
-        mtime_ns = self.mtimes.get(rec.key)
+        mtime_ns = self.mtimes.get(rec.key) or self.mtime_of(rec.key)
         lock_id = self.lock_of(rec.key) or rec.lock_id
         if size <= self.chunk_size:
             return await self.transfer.upload(

@@ -16,20 +16,11 @@ from typing import Any
 
 import trio
 
+from meshfs.auth import MountCredentials, credential_source
 from meshfs.cache.store import CacheStore, StoreError, checkpoint_loop
 from meshfs.cache.writeback import WriteBack
-from meshfs.config import Config, ConfigError
-from meshfs.cs3 import (
-    BasicCredentials,
-    BearerCredentials,
-    Credentials,
-    Gateway,
-    Ref,
-    Secret,
-    Shares,
-    Storage,
-    Transfer,
-)
+from meshfs.config import Config
+from meshfs.cs3 import Gateway, Ref, Shares, Storage, Transfer
 from meshfs.errors import MeshError, NotFound
 from meshfs.fuse import Session
 from meshfs.vfs.inodes import InodeTable, Kind
@@ -41,13 +32,10 @@ from meshfs.vfs.tree import HOME_INODE, Tree
 log = logging.getLogger(__name__)
 
 
-def credentials_from(config: Config) -> Credentials:
-    server = config.require_server()
-    if config.token_file is not None:
-        return BearerCredentials(Secret.from_file(str(config.token_file)))
-    if config.password_file is not None:
-        return BasicCredentials(server.user, Secret.from_file(str(config.password_file)))
-    raise ConfigError("config: password_file or token_file: one is needed to log in")
+def credentials_from(config: Config) -> MountCredentials:
+    """Where this mount's credentials come from (password file, token file re-read when it changes,
+    WLCG token discovery, token command): meshfs.auth decides."""
+    return credential_source(config)
 
 
 class MeshFilesystem:
@@ -57,9 +45,10 @@ class MeshFilesystem:
         self.config = config
         server = config.require_server()
         self.server = server
+        self.credentials = credentials_from(config)
         self.gateway = Gateway(
             server.address,
-            credentials_from(config),
+            self.credentials,
             tls=config.tls,
             ca_file=str(config.ca_file) if config.ca_file else None,
             rpc_threads=max(2, config.io_threads),
@@ -99,6 +88,7 @@ class MeshFilesystem:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Log in, open the cache (resuming its journal), start the background loops."""
+        await nursery.start(self.credentials.watch)
         await self.gateway.open()
         await self.tree.start()
         cache_dir = self.config.require_cache_dir()
@@ -141,14 +131,20 @@ class MeshFilesystem:
         )
         self.writeback.on_uploaded = self._ops.uploaded
         self._ops.share_commands = self.share_commands
+        self._ops.nursery = nursery
         if self.config.dir_poll_interval > 0:
             await nursery.start(self.share_commands.watch, self.config.dir_poll_interval)
         self.writeback.lock_of = self._ops.lock_id_for_key
+        self.writeback.mtime_of = self._ops.mtime_for_upload
         await nursery.start(self.locks.refresher)
         nursery.start_soon(checkpoint_loop, self.store)
         await nursery.start(self.writeback.run)
         if self.config.dir_poll_interval > 0:
             nursery.start_soon(self._poll_remote)
+        if self.config.metrics_port is not None:
+            from meshfs.metrics import serve_metrics
+
+            await nursery.start(serve_metrics, self, self.config.metrics_port)
         pending = self.store.pending()
         if pending:
             log.info("resuming %d pending upload(s) from the journal", len(pending))
@@ -220,6 +216,7 @@ class MeshFilesystem:
         wb = self.writeback
         return {
             "server": str(self.server),
+            "auth": self.credentials.status(),
             "user": user.username,
             "home": self.tree.home_path,
             "cache": {

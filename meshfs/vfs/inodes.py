@@ -74,6 +74,7 @@ class InodeTable:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[str, int] = {}
         self._next = FIRST_DYNAMIC
+        self._pinned: set[int] = set()  # the fixed inodes (root, home, virtual dirs): never dropped
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -84,7 +85,14 @@ class InodeTable:
     def add_virtual(self, inode: int, virtual: Virtual, name: str, parent: int) -> Node:
         node = Node(inode=inode, kind=Kind.DIR, name=name, parent=parent, virtual=virtual)
         self._nodes[inode] = node
+        self._pinned.add(inode)
         return node
+
+    def ensure(self, node: Node) -> None:
+        """Make `node` reachable by its inode again (a cached listing handed out a node the kernel had
+        forgotten: its number is the same, since numbers are stable per resource)."""
+        if self._nodes.get(node.inode) is not node:
+            self._nodes[node.inode] = node
 
     def by_rid(self, rid: ResourceId) -> Node | None:
         inode = self._by_key.get(str(rid))
@@ -114,7 +122,7 @@ class InodeTable:
 
     def forget(self, inode: int, nlookup: int) -> None:
         node = self._nodes.get(inode)
-        if node is None or node.virtual is not None:
+        if node is None or inode in self._pinned:
             return
         node.lookups = max(0, node.lookups - nlookup)
         if node.lookups == 0 and node.open_count == 0:
@@ -122,7 +130,7 @@ class InodeTable:
 
     def release_open(self, node: Node) -> None:
         node.open_count = max(0, node.open_count - 1)
-        if node.lookups == 0 and node.open_count == 0 and node.virtual is None:
+        if node.lookups == 0 and node.open_count == 0 and node.inode not in self._pinned:
             self._drop(node)
 
     def _drop(self, node: Node) -> None:

@@ -28,7 +28,7 @@ import trio
 from meshfs.cache.readahead import Readahead, ReadaheadPolicy
 from meshfs.cache.store import CacheFile, CacheStore, NotPresent, SpaceWaiter, StoreError
 from meshfs.cache.writeback import WriteBack
-from meshfs.cs3 import Ref, Resource, Storage, Transfer
+from meshfs.cs3 import DownloadTicket, Ref, Resource, Storage, Transfer
 from meshfs.errors import AlreadyExists, MeshError, NotFound
 from meshfs.fuse import (
     F_UNLCK,
@@ -95,6 +95,18 @@ class Handle:
     writable: bool
     append: bool = False
     readahead: Readahead = field(default_factory=Readahead)
+    ticket: DownloadTicket | None = None
+    prefetching: bool = False
+    closed: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """A byte range [start, end) being fetched by some task; `done` fires when it finished."""
+
+    start: int
+    end: int
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(slots=True, eq=False)
@@ -145,7 +157,9 @@ class MeshOps(Operations):
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
-        self._fill_locks: dict[int, trio.Lock] = {}
+        self._inflight: dict[int, list[_Flight]] = {}
+        self.nursery: trio.Nursery | None = None  # for prefetches; set by MeshFilesystem.start
+        self.bytes_cached = 0
         self.errors: list[str] = []  # recent failures for `meshfs status`
         self.op_counts: dict[str, int] = {}
         #: metrics hook: called once per request with (op, errno or 0, seconds)
@@ -220,6 +234,10 @@ class MeshOps(Operations):
             a.st_size = 4096 if res is None else res.size
             a.st_blocks = 8
         else:
+            if node.local_size is None and node.rid is not None:
+                info = self.store.lookup(str(node.rid))
+                if info is not None and info.dirty:  # e.g. pending from before a restart
+                    node.local_size = info.size
             mode = 0o644 if writable else 0o444
             a.st_mode = stat.S_IFREG | self._mode_bits(res, mode, writable)
             size = node.local_size if node.local_size is not None else (res.size if res else 0)
@@ -246,6 +264,7 @@ class MeshOps(Operations):
         return mode
 
     async def _entry(self, node: Node) -> EntryAttributes:
+        self.inodes.ensure(node)
         node.lookups += 1
         return self._attr(node)
 
@@ -377,6 +396,7 @@ class MeshOps(Operations):
                 name, node = entries[idx]
                 if not readdir_reply(token, name.encode("utf-8"), self._attr(node), idx + 3):
                     return
+                self.inodes.ensure(node)
                 node.lookups += 1
 
     async def releasedir(self, fh: int) -> None:
@@ -452,7 +472,7 @@ class MeshOps(Operations):
         handles can keep reading it (POSIX semantics of unlink while open)."""
         h = next((h for h in self._handles.values() if h.node is node), None)
         if h is not None:
-            await self._fill(h, 0, h.cache.size)
+            await self._fill(h, 0, h.cache.size)  # a file unlinked while open stays readable
 
     async def rename(
         self,
@@ -698,40 +718,90 @@ class MeshOps(Operations):
                 return b""
             size = min(size, file_size - off)
             plan = h.readahead.plan(off, size, file_size)
-            ahead = plan.sequential and plan.fetch_len and not cf.covers(plan.fetch_off, plan.fetch_len)
-            if ahead or not cf.covers(off, size):
-                await self._fill(h, plan.fetch_off, plan.fetch_len, need=(off, size))
+            if not cf.covers(off, size):
+                if plan.sequential:
+                    # a sequential reader: start the window in the background, wait only for our part
+                    self._prefetch(h, plan.fetch_off, plan.fetch_len)
+                    await self._fill(h, plan.need_off, plan.need_len)
+                else:
+                    await self._fill(h, plan.fetch_off, plan.fetch_len)
+            elif plan.sequential and plan.fetch_len and not cf.covers(plan.fetch_off, plan.fetch_len):
+                self._prefetch(h, plan.fetch_off, plan.fetch_len)
             for _ in range(3):
                 try:
-                    return await trio.to_thread.run_sync(cf.read, off, size, limiter=self.io)
+                    data = await trio.to_thread.run_sync(cf.read, off, size, limiter=self.io)
+                    self.bytes_cached += len(data)
+                    return data
                 except NotPresent:  # evicted or invalidated between the fill and the read
                     await self._fill(h, off, size)
             raise FUSEError(errno.EIO)
 
-    async def _fill(self, h: Handle, off: int, length: int, need: tuple[int, int] | None = None) -> None:
-        """Fetch the missing pieces of [off, off+length) of the remote version into the cache file."""
-        node = h.node
-        if node.rid is None:
+    def _prefetch(self, h: Handle, off: int, length: int) -> None:
+        if self.nursery is None or h.prefetching or length <= 0:
             return
-        lock = self._fill_locks.setdefault(node.inode, trio.Lock())
-        async with lock:
-            cf = h.cache
+        h.prefetching = True
+
+        async def run() -> None:
+            try:
+                await self._fill(h, off, length)
+            except (MeshError, StoreError, FUSEError) as e:
+                log.debug("prefetch of %s failed: %s", self.tree.path_of(h.node), e)
+            finally:
+                h.prefetching = False
+
+        self.nursery.start_soon(run)
+
+    async def _fill(self, h: Handle, off: int, length: int) -> None:
+        """Make [off, off+length) of the remote version present in the cache file. Pieces another
+        task is already fetching are waited for, not fetched twice; the rest is fetched here."""
+        node = h.node
+        if node.rid is None or h.closed:
+            return
+        cf = h.cache
+        flights = self._inflight.setdefault(node.inode, [])
+        for _ in range(8):
             missing = cf.missing(off, length)
             if not missing:
                 return
-            need_bytes = sum(n for _, n in missing)
-            if need_bytes:
-                await self.space.reserve(need_bytes, timeout=self.backpressure_timeout)
-            ticket = await self.transfer.initiate_download(Ref.to(node.rid))
-            for moff, mlen in missing:
-                epoch = cf.epoch
-                got = await self.transfer.read_range(
-                    ticket, cf.fd, offset=moff, length=mlen, fd_offset=moff, path=self.tree.path_of(node)
-                )
-                self.bytes_down += got
-                await trio.to_thread.run_sync(
-                    partial(cf.mark_present, moff, got, epoch=epoch), limiter=self.io
-                )
+            waits = [f for f in flights if any(f.start < m + n and m < f.end for m, n in missing)]
+            mine: list[tuple[int, int]] = []
+            for m, n in missing:
+                pieces = [(m, m + n)]
+                for f in waits:
+                    pieces = [
+                        part
+                        for a, b in pieces
+                        for part in ((a, min(b, f.start)), (max(a, f.end), b))
+                        if part[0] < part[1]
+                    ]
+                mine.extend((a, b - a) for a, b in pieces)
+            if mine:
+                own = [_Flight(m, m + n) for m, n in mine]
+                flights.extend(own)
+                try:
+                    await self._fetch(h, mine)
+                finally:
+                    for f in own:
+                        flights.remove(f)
+                        f.done.set()
+            for f in waits:
+                await f.done.wait()
+        if cf.missing(off, length):
+            raise MeshError("data kept changing while it was read", op="read", path=self.tree.path_of(node))
+
+    async def _fetch(self, h: Handle, pieces: list[tuple[int, int]]) -> None:
+        node, cf = h.node, h.cache
+        assert node.rid is not None
+        await self.space.reserve(sum(n for _, n in pieces), timeout=self.backpressure_timeout)
+        if h.ticket is None:
+            h.ticket = await self.transfer.initiate_download(Ref.to(node.rid))
+        for moff, mlen in pieces:
+            epoch = cf.epoch
+            got = await self.transfer.read_range(
+                h.ticket, cf.fd, offset=moff, length=mlen, fd_offset=moff, path=self.tree.path_of(node)
+            )
+            self.bytes_down += got
+            await trio.to_thread.run_sync(partial(cf.mark_present, moff, got, epoch=epoch), limiter=self.io)
 
     async def write(self, fh: int, off: int, buf: memoryview) -> int:
         h = self._handle(fh)
@@ -793,6 +863,7 @@ class MeshOps(Operations):
 
     async def _close_handle(self, h: Handle) -> None:
         self._handles.pop(h.fh, None)
+        h.closed = True
         node = h.node
         key = str(node.rid)
         dirty = h.cache.dirty
@@ -833,6 +904,11 @@ class MeshOps(Operations):
             if parent is not None:
                 parent.fetched = -1.0
                 self.tree.forget_listing(parent)
+
+    def mtime_for_upload(self, key: str) -> int | None:
+        """The mtime the user saw for a dirty file: the upload stores exactly that (X-OC-Mtime)."""
+        nodes = self.inodes_by_key(key)
+        return nodes[0].local_mtime_ns if nodes else None
 
     def inodes_by_key(self, key: str) -> list[Node]:
         from meshfs.cs3 import ResourceId

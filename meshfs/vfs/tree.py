@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import trio
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from meshfs.cs3 import Kind as RKind
 from meshfs.cs3 import Perm, ReceivedShare, Ref, Resource, Shares, ShareState, Storage
-from meshfs.errors import NotFound, PermissionDenied
+from meshfs.errors import NotFound, PermissionDenied, ServerUnavailable
 from meshfs.vfs.inodes import ROOT, InodeTable, Kind, Node, Virtual
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class Tree:
         self._shares: TTLCache[str, list[ReceivedShare]] = TTLCache(
             maxsize=4, ttl=share_ttl, timer=trio.current_time
         )
+        # last known listings, kept past their TTL: what an outage falls back to
+        self._known: LRUCache[int, dict[str, Node]] = LRUCache(maxsize=8192)
+        self._outage_logged = -1e9
         self.home_ref: Ref | None = None
         self.home_path = ""
         root = inodes.add_virtual(ROOT, Virtual.ROOT, "", ROOT)
@@ -126,8 +129,19 @@ class Tree:
         except NotFound:
             node.unlinked = True
             raise
+        except ServerUnavailable as e:
+            if node.resource is None:
+                raise
+            self._outage(e)
+            return node.resource  # the server is unreachable: serve what we last knew
         self._set_resource(node, res)
         return res
+
+    def _outage(self, e: Exception) -> None:
+        now = trio.current_time()
+        if now - self._outage_logged > 60:
+            self._outage_logged = now
+            log.warning("server unreachable (%s): serving cached metadata and data until it is back", e)
 
     def writable(self, node: Node) -> bool:
         if node.virtual is not None or node.readonly:
@@ -166,7 +180,9 @@ class Tree:
         self._negative.pop((parent.inode, name), None)
 
     def forget_listing(self, node: Node | int) -> None:
-        self._listings.pop(node if isinstance(node, int) else node.inode, None)
+        inode = node if isinstance(node, int) else node.inode
+        self._listings.pop(inode, None)
+        self._known.pop(inode, None)
 
     def cached_listings(self) -> list[int]:
         return list(self._listings.keys())
@@ -175,12 +191,16 @@ class Tree:
         listing = self._listings.get(parent.inode)
         if listing is not None:
             listing[name] = child
+        known = self._known.get(parent.inode)
+        if known is not None and known is not listing:
+            known[name] = child
         self.clear_negative(parent, name)
 
     def remove_from_listing(self, parent: Node, name: str) -> None:
-        listing = self._listings.get(parent.inode)
-        if listing is not None:
-            listing.pop(name, None)
+        for cache in (self._listings, self._known):
+            listing = cache.get(parent.inode)
+            if listing is not None:
+                listing.pop(name, None)
 
     def _adopt(self, parent: Node, res: Resource, name: str | None = None) -> Node:
         node = self.inodes.node_for(res.id, node_kind(res), name or res.name, parent.inode)
@@ -212,6 +232,14 @@ class Tree:
         except NotFound:
             self.set_negative(parent, name)
             raise
+        except ServerUnavailable as e:
+            known = self._known.get(parent.inode, {}).get(name)
+            if known is None:
+                known = next((n for n in self.inodes.children_of(parent.inode) if n.name == name), None)
+            if known is None:
+                raise
+            self._outage(e)
+            return known
         return self._adopt(parent, res, name)
 
     async def listing(self, parent: Node) -> dict[str, Node]:
@@ -224,9 +252,17 @@ class Tree:
         else:
             if parent.rid is None:
                 raise NotFound("no such directory", op="list", path=self.path_of(parent))
-            resources = await self.storage.list_container(Ref.to(parent.rid))
+            try:
+                resources = await self.storage.list_container(Ref.to(parent.rid))
+            except ServerUnavailable as e:
+                known = self._known.get(parent.inode)
+                if known is None:
+                    raise
+                self._outage(e)
+                return known
             listing = {r.name: self._adopt(parent, r) for r in resources}
         self._listings[parent.inode] = listing
+        self._known[parent.inode] = listing
         return listing
 
     # ---- virtual directories ---------------------------------------------------------------------
