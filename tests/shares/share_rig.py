@@ -111,7 +111,9 @@ class Mounts:
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def mount(self, username: str, *, gateway: str | None = None, tag: str = "") -> UserMount:
+    def mount(
+        self, username: str, *, gateway: str | None = None, tag: str = "", env: dict[str, str] | None = None
+    ) -> UserMount:
         name = f"{username}{tag}"
         base = self.root / name
         base.mkdir()
@@ -120,7 +122,7 @@ class Mounts:
         fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(self.passwords[username])
-        m = UserMount(username, base / "mnt", base / "cache", pw, self.env())
+        m = UserMount(username, base / "mnt", base / "cache", pw, {**self.env(), **(env or {})})
         source = f"cs3://{username}@{gateway or self.gateway}"
         opts = ["-o", "tls=false", "-o", "dir_poll_interval=1"]
         if os.environ.get("SHARES_DEBUG"):  # debug log in CACHE_DIR/daemon.log
@@ -183,3 +185,106 @@ def create_project_space(gateway: str, owner: str, password: str, name: str) -> 
         assert res.status.code == code_pb2.CODE_OK, res.status
         root = res.storage_space.root
         return ResourceId(root.storage_id, root.space_id, root.opaque_id)
+
+
+def ocm_share_folder(
+    sender: Any, sender_user: Any, recipient: Any, recipient_user: Any, files: dict[str, bytes]
+) -> str:
+    """Federated set-up with raw CS3 (meshfs has no invite/OCM-create calls): `sender_user` on the
+    stack `sender` invites, `recipient_user` on `recipient` accepts the invite, then the sender
+    creates a new folder holding `files` and shares it (viewer) with the recipient over OCM.
+    Returns the folder name (= the received share's name)."""
+    import uuid
+
+    import grpc
+    import urllib3
+    from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
+    from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+    from cs3.ocm.invite.v1beta1 import invite_api_pb2 as inv
+    from cs3.ocm.provider.v1beta1 import provider_api_pb2 as prov
+    from cs3.rpc.v1beta1 import code_pb2
+    from cs3.sharing.ocm.v1beta1 import ocm_api_pb2 as ocm
+    from cs3.sharing.ocm.v1beta1 import resources_pb2 as ocmr
+    from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
+    from cs3.storage.provider.v1beta1 import resources_pb2 as spr
+    from cs3.types.v1beta1 import types_pb2 as types
+
+    ok = code_pb2.CODE_OK
+
+    def login(ch: Any, user: Any) -> tuple[Any, Any, list[tuple[str, str]]]:
+        stub = gw_grpc.GatewayAPIStub(ch)
+        req = gw.AuthenticateRequest(type="basic", client_id=user.username, client_secret=user.password)
+        res = stub.Authenticate(req, timeout=30)
+        assert res.status.code == ok, res.status
+        return stub, res, [("x-access-token", res.token)]
+
+    def info(stub: Any, md: Any, domain: str) -> Any:
+        res = stub.GetInfoByDomain(prov.GetInfoByDomainRequest(domain=domain), metadata=md, timeout=30)
+        assert res.status.code == ok, res.status
+        return res.provider_info
+
+    with grpc.insecure_channel(sender.gateway) as a, grpc.insecure_channel(recipient.gateway) as b:
+        s, s_auth, s_md = login(a, sender_user)
+        r, r_auth, r_md = login(b, recipient_user)
+        tok = s.GenerateInviteToken(
+            inv.GenerateInviteTokenRequest(description="meshfs"), metadata=s_md, timeout=30
+        )
+        assert tok.status.code == ok, tok.status
+        fwd = r.ForwardInvite(
+            inv.ForwardInviteRequest(
+                invite_token=tok.invite_token, origin_system_provider=info(r, r_md, sender.domain)
+            ),
+            metadata=r_md,
+            timeout=30,
+        )
+        assert fwd.status.code in (ok, code_pb2.CODE_ALREADY_EXISTS), fwd.status
+        accepted = s.FindAcceptedUsers(inv.FindAcceptedUsersRequest(), metadata=s_md, timeout=30)
+        fed = [
+            u.id
+            for u in accepted.accepted_users
+            if u.id.idp == recipient.domain and u.id.opaque_id.startswith(r_auth.user.id.opaque_id + "@")
+        ]
+        assert len(fed) == 1, accepted.accepted_users
+        home = s.GetHome(sp.GetHomeRequest(), metadata=s_md, timeout=30).path
+        name = f"fed-{uuid.uuid4().hex[:8]}"
+        folder = spr.Reference(path=f"{home}/{name}")
+        mk = s.CreateContainer(sp.CreateContainerRequest(ref=folder), metadata=s_md, timeout=30)
+        assert mk.status.code == ok, mk.status
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=30.0), retries=False)
+        for fname, body in files.items():
+            length = types.OpaqueEntry(decoder="plain", value=str(len(body)).encode())
+            up = s.InitiateFileUpload(
+                sp.InitiateFileUploadRequest(
+                    ref=spr.Reference(path=f"{home}/{name}/{fname}"),
+                    opaque=types.Opaque(map={"Upload-Length": length}),
+                ),
+                metadata=s_md,
+                timeout=30,
+            )
+            assert up.status.code == ok, up.status
+            simple = {p.protocol: p for p in up.protocols}["simple"]
+            put = http.request(
+                "PUT", simple.upload_endpoint, body=body,
+                headers={"x-access-token": s_auth.token, "X-Reva-Transfer": simple.token},
+            )  # fmt: skip
+            assert put.status == 200, put.status
+        st = s.Stat(sp.StatRequest(ref=folder), metadata=s_md, timeout=30)
+        assert st.status.code == ok, st.status
+        viewer = spr.ResourcePermissions(
+            stat=True, get_path=True, get_quota=True, list_container=True, list_recycle=True,
+            initiate_file_download=True,
+        )  # fmt: skip
+        created = s.CreateOCMShare(
+            ocm.CreateOCMShareRequest(
+                resource_id=st.info.id,
+                grantee=spr.Grantee(type=spr.GRANTEE_TYPE_USER, user_id=fed[0]),
+                recipient_mesh_provider=info(s, s_md, recipient.domain),
+                access_methods=[
+                    ocmr.AccessMethod(webdav_options=ocmr.WebDAVAccessMethod(permissions=viewer))
+                ],
+            ),
+            metadata=s_md,
+            timeout=30,
+        )
+        assert created.status.code == ok, created.status
+        return name
