@@ -241,7 +241,11 @@ class Session:
         self._closed = False
         self._detach_scheduled = False
         self.initialized: trio.Event | None = None
-        self._limiter: trio.Semaphore | None = None
+        self._ended = trio.Event()
+        self._idle_lot = trio.lowlevel.ParkingLot()
+        self._reader: object | None = None
+        self._idle = 0
+        self._workers = 0
         self._ops_table = self._build_table()
 
     # ================================================================== mount / unmount
@@ -297,6 +301,7 @@ class Session:
         self.initialized = trio.Event()
         self._closed = False
         self._stopping = False
+        self._detach_scheduled = False
         log.info("meshfs.fuse: mounted %s at %s", opts.fsname, mp)
 
     def _opt_string(self, opts: MountOptions, *, kernel: bool) -> list[str]:
@@ -408,9 +413,12 @@ class Session:
 
     def _begin_stop(self, busy: bool) -> None:
         self._stopping = True
-        if self._nursery is not None and not self._detach_scheduled:
+        if self._nursery is not None and not self._detach_scheduled and not self._ended.is_set():
             self._detach_scheduled = True
-            self._nursery.start_soon(self._abort_after, self.options.unmount_grace if busy else 2.0)
+            try:
+                self._nursery.start_soon(self._abort_after, self.options.unmount_grace if busy else 2.0)
+            except RuntimeError:
+                pass  # the session is already ending (the kernel let go first)
 
     async def _abort_after(self, delay: float) -> None:
         # After a normal unmount the kernel ends the connection itself (reads get ENODEV); this
@@ -498,17 +506,22 @@ class Session:
         self._token = trio.lowlevel.current_trio_token()
         if self.initialized is None or self.initialized.is_set():
             self.initialized = trio.Event()
-        self._limiter = trio.Semaphore(self.options.max_tasks)
         self._notify_send, self._notify_recv = trio.open_memory_channel(float("inf"))
         self._notify_progress = trio.Event()
+        self._ended = trio.Event()
+        self._idle_lot = trio.lowlevel.ParkingLot()
+        self._reader = None
+        self._idle = 0
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._notify_loop)
                 if self._stopping:
                     self._begin_stop(True)
+                self._workers = 1
+                nursery.start_soon(self._worker)
                 try:
-                    await self._read_loop(nursery)
+                    await self._ended.wait()
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -529,104 +542,126 @@ class Session:
         return bytearray(self._bufsize)
 
     def _put_buf(self, buf: bytearray) -> None:
-        if len(self._free_bufs) < 32 and len(buf) == self._bufsize:
+        if len(self._free_bufs) < 8 and len(buf) == self._bufsize:
             self._free_bufs.append(buf)
 
-    async def _read_loop(self, nursery: trio.Nursery) -> None:
-        assert self._limiter is not None
-        limiter = self._limiter
-        readv = os.readv
-        unpack_hdr = abi.IN_HEADER.unpack_from
-        table = self._ops_table
-        since_yield = 0
+    # Workers. Exactly one worker at a time is "the reader": it reads a request and runs its
+    # handler inline. A handler that completes without blocking (no trio checkpoint) costs no
+    # task switch at all. When a handler blocks, _Tracked hands the reader role to an idle
+    # worker (or starts a new one, up to max_tasks) before the handler yields, so the mount
+    # keeps serving; the cancel scope INTERRUPT needs is only created for handlers that block.
+    def _hand_off_reading(self) -> None:
+        self._reader = None
+        if self._idle:
+            self._idle_lot.unpark()
+        elif self._workers < self.options.max_tasks and self._nursery is not None:
+            self._workers += 1
+            self._nursery.start_soon(self._worker)
+        # else: at the limit; the next worker whose handler finishes becomes the reader
+
+    async def _worker(self) -> None:
+        me = object()
         buf = self._get_buf()
-        while True:
-            if self._closed:
-                return
-            try:
-                n = readv(self.fd, [buf])
-            except BlockingIOError:
-                since_yield = 0
+        readv = os.readv
+        fd = self.fd
+        wait_readable = trio.lowlevel.wait_readable
+        served = 0
+        try:
+            while True:
+                if self._reader is not None:
+                    if self._idle >= 4:
+                        return
+                    self._idle += 1
+                    try:
+                        await self._idle_lot.park()
+                    finally:
+                        self._idle -= 1
+                    continue
+                self._reader = me
                 try:
-                    await trio.lowlevel.wait_readable(self.fd)
-                except (trio.ClosedResourceError, OSError):
-                    return
-                continue
-            except OSError as e:
-                if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
-                    continue  # ENOENT: the request was interrupted before we could read it
-                if e.errno in (errno.ENODEV, errno.EBADF):
-                    log.debug("meshfs.fuse: connection ended (%s)", e.strerror)
-                    return
-                raise
-            if n < abi.IN_HEADER.size:
-                log.error("meshfs.fuse: short read of %d bytes from /dev/fuse", n)
-                continue
-            hdr = unpack_hdr(buf)
-            opcode = hdr[1]
-            mv = memoryview(buf)[abi.IN_HEADER.size : n]
-            entry = table.get(opcode)
+                    n = readv(fd, [buf])
+                except BlockingIOError:
+                    # only the reader waits here, so trio never sees two waiters on the fd
+                    try:
+                        await wait_readable(fd)
+                    except (trio.ClosedResourceError, OSError):
+                        self._end()
+                        return
+                    finally:
+                        self._reader = None
+                    served = 0
+                    continue
+                except OSError as e:
+                    self._reader = None
+                    if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
+                        continue  # ENOENT: the request was interrupted before we could read it
+                    if e.errno in (errno.ENODEV, errno.EBADF):
+                        log.debug("meshfs.fuse: connection ended (%s)", e.strerror)
+                        self._end()
+                        return
+                    raise
+                except BaseException:
+                    self._reader = None
+                    raise
+                try:
+                    await self._process(buf, n)
+                finally:
+                    if self._reader is me:
+                        self._reader = None
+                        served += 1
+                if served >= 32:
+                    # handlers that never block keep this worker reading; stay fair to others
+                    served = 0
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._workers -= 1
+            self._put_buf(buf)
+
+    def _end(self) -> None:
+        self._ended.set()
+
+    async def _process(self, buf: bytearray, n: int) -> None:
+        if n < abi.IN_HEADER.size:
+            log.error("meshfs.fuse: short read of %d bytes from /dev/fuse", n)
+            return
+        hdr = abi.IN_HEADER.unpack_from(buf)
+        opcode = hdr[1]
+        unique = hdr[2]
+        mv = memoryview(buf)[abi.IN_HEADER.size : n]
+        parser = self._ops_table.get(opcode)
+        if parser is None:
             if opcode == abi.INTERRUPT:
                 self._on_interrupt(mv)
             elif opcode == abi.INIT:
                 await self._on_init(hdr, mv)
             elif opcode == abi.DESTROY:
-                self._reply_empty(hdr[2])
-                return
-            elif entry is None:
-                log.debug("meshfs.fuse: unsupported opcode %s", abi.OPCODE_NAMES.get(opcode, opcode))
-                if opcode not in (abi.FORGET, abi.BATCH_FORGET):
-                    self._reply_err(hdr[2], errno.ENOSYS)
+                self._reply_empty(unique)
+                self._end()
             else:
-                try:
-                    fn, args, keep_buf = entry(hdr, mv)
-                except Exception:
-                    log.exception("meshfs.fuse: cannot parse %s", abi.OPCODE_NAMES.get(opcode, opcode))
-                    self._reply_err(hdr[2], errno.EIO)
-                    continue
-                if limiter.value == 0:
-                    await limiter.acquire()
-                else:
-                    limiter.acquire_nowait()
-                if keep_buf:
-                    nursery.start_soon(self._run_handler, hdr[2], fn, args, buf)
-                    buf = self._get_buf()
-                else:
-                    nursery.start_soon(self._run_handler, hdr[2], fn, args, None)
-                since_yield += 1
-                if since_yield >= 16:
-                    since_yield = 0
-                    await trio.lowlevel.checkpoint()
-
-    async def _run_handler(
-        self, unique: int, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...], buf: bytearray | None
-    ) -> None:
-        err = 0
-        scope = trio.CancelScope()
-        if unique:
-            self._inflight[unique] = scope
+                log.debug("meshfs.fuse: unsupported opcode %s", abi.OPCODE_NAMES.get(opcode, opcode))
+                self._reply_err(unique, errno.ENOSYS)
+            return
         try:
-            with scope:
-                try:
-                    await fn(unique, *args)
-                except FUSEError as e:
-                    err = e.errno or errno.EIO
-                except _ReplyFailed:
-                    pass
-                except Exception:
-                    log.exception("meshfs.fuse: handler %s raised", getattr(fn, "__name__", fn))
-                    err = errno.EIO
-            if scope.cancelled_caught:
-                err = errno.EINTR
-            if err and unique:
-                self._reply_err(unique, err)
-        finally:
-            if unique:
-                self._inflight.pop(unique, None)
-            if buf is not None:
-                self._put_buf(buf)
-            assert self._limiter is not None
-            self._limiter.release()
+            fn, args, _keep = parser(hdr, mv)
+        except Exception:
+            log.exception("meshfs.fuse: cannot parse %s", abi.OPCODE_NAMES.get(opcode, opcode))
+            self._reply_err(unique, errno.EIO)
+            return
+        tracked = _Tracked(self, unique, fn(unique, *args))
+        err = 0
+        try:
+            await tracked
+        except FUSEError as e:
+            err = e.errno or errno.EIO
+        except _ReplyFailed:
+            pass
+        except _Interrupted:
+            err = errno.EINTR
+        except Exception:
+            log.exception("meshfs.fuse: handler %s raised", getattr(fn, "__name__", fn))
+            err = errno.EIO
+        if err and opcode != abi.FORGET and opcode != abi.BATCH_FORGET:
+            self._reply_err(unique, err)
 
     def _on_interrupt(self, mv: memoryview) -> None:
         (target,) = abi.INTERRUPT_IN.unpack_from(mv)
@@ -918,7 +953,7 @@ class Session:
         }  # fmt: skip
 
     # Each _do_* gets the request's unique id first, awaits the filesystem and writes the reply.
-    # Errors (FUSEError, other exceptions, cancellation) are answered by _run_handler.
+    # Errors (FUSEError, other exceptions, cancellation) are answered by _process.
     async def _do_lookup(self, unique: int, parent: int, name: bytes, ctx: RequestContext) -> None:
         attr = await self.ops.lookup(parent, name, ctx)
         try:
@@ -1042,3 +1077,54 @@ class Session:
 
 class _ReplyFailed(Exception):
     """The kernel refused a reply (request gone); already logged when unexpected."""
+
+
+class _Interrupted(Exception):
+    """The request was cancelled by INTERRUPT; answer EINTR."""
+
+
+class _Tracked:
+    """Awaitable that drives a handler coroutine and notices when it first blocks.
+
+    A handler that finishes without yielding to trio runs entirely inline. At its first yield
+    the reader role is handed off and a cancel scope is entered (registered for INTERRUPT); it
+    is exited, in the same task, when the handler ends. Cancellation by that scope surfaces as
+    _Interrupted; any other exception (including the session's own cancellation) propagates.
+    """
+
+    __slots__ = ("coro", "session", "unique")
+
+    def __init__(self, session: Session, unique: int, coro: Any) -> None:
+        self.session = session
+        self.unique = unique
+        self.coro = coro
+
+    def __await__(self) -> Any:
+        coro = self.coro
+        try:
+            trap = coro.send(None)
+        except StopIteration as e:
+            return e.value
+        # the handler blocks: let another worker read, make the handler interruptible
+        session = self.session
+        session._hand_off_reading()
+        scope = trio.CancelScope()
+        scope.__enter__()
+        session._inflight[self.unique] = scope
+        try:
+            while True:
+                try:
+                    value = yield trap
+                except BaseException as exc:
+                    trap = coro.throw(exc)
+                else:
+                    trap = coro.send(value)
+        except StopIteration as e:
+            session._inflight.pop(self.unique, None)
+            scope.__exit__(None, None, None)
+            return e.value
+        except BaseException as exc:
+            session._inflight.pop(self.unique, None)
+            if scope.__exit__(type(exc), exc, exc.__traceback__):
+                raise _Interrupted() from None
+            raise

@@ -12,6 +12,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def serve(path: Path, fs: MemFS | None = None, options: MountOptions | None = No
         try:
             trio.run(main)
         except BaseException as e:  # reported by the fixture
+            traceback.print_exc()
             errors.append(e)
             tokens.put(None)  # type: ignore[arg-type]
 
