@@ -28,9 +28,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from meshfs import __version__, control, daemon
+from meshfs import __version__, control
+
+if TYPE_CHECKING:
+    from meshfs import daemon
 
 PROG: Final = "meshfs"
 COMMANDS: Final = ("mount", "umount", "status", "sync", "doctor", "share", "users", "lock")
@@ -401,6 +404,7 @@ def load_mount(ns: argparse.Namespace, *, for_doctor: bool = False) -> LoadedMou
     files) and drops the mount(8)-only options (_netdev, noauto, x-systemd.*, ...).
     """
     from meshfs import config as cfgmod
+    from meshfs import daemon
 
     flags: dict[str, Any] = {
         "source": ns.source,
@@ -446,6 +450,7 @@ def cmd_mount(ns: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_foreground(loaded: LoadedMount) -> int:
+    from meshfs import daemon
     from meshfs.logsetup import setup_logging
 
     setup_logging(loaded.log_level)
@@ -467,6 +472,8 @@ def _open_log(path: Path) -> int:
 
 def start_background(loaded: LoadedMount, argv: Sequence[str]) -> int:
     """Re-execute `meshfs mount ... -f` as a detached child; return once it is live or failed."""
+    from meshfs import daemon
+
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     log_fd = _open_log(loaded.log_file)
     env = dict(os.environ, **{daemon.READY_FD_ENV: str(write_end)})
@@ -558,7 +565,7 @@ def _resolve_mountpoint(path: str, entries: list[control.MountEntry], mounts: di
 
 def cmd_umount(ns: argparse.Namespace) -> int:
     entries = control.list_entries()
-    mounts = daemon.mounted_filesystems()
+    mounts = control.mounted_filesystems()
     point = _resolve_mountpoint(ns.mountpoint, entries, mounts)
     entry = next((e for e in entries if e.mountpoint == point), None)
     is_mounted = point in mounts
@@ -577,7 +584,7 @@ def cmd_umount(ns: argparse.Namespace) -> int:
     if ns.force:
         return _umount_force(entry, is_mounted)
     if ns.lazy and is_mounted:
-        failure = daemon.detach_mount(entry.mountpoint, lazy=True)
+        failure = control.detach_mount(entry.mountpoint, lazy=True)
         if failure:
             raise Failure(f"cannot detach {entry.mountpoint}: {failure}")
     try:
@@ -592,7 +599,7 @@ def cmd_umount(ns: argparse.Namespace) -> int:
             f"the daemon of {entry.mountpoint} (pid {entry.pid}) is still draining after {ns.timeout:g} s; "
             f"wait, or: meshfs umount --force {entry.mountpoint}"
         )
-    if entry.mountpoint in daemon.mounted_filesystems():
+    if entry.mountpoint in control.mounted_filesystems():
         raise Failure(
             f"the daemon of {entry.mountpoint} exited but the mount is still there; "
             f"use: meshfs umount --lazy {entry.mountpoint}"
@@ -620,7 +627,7 @@ def _umount_force(entry: control.MountEntry, is_mounted: bool) -> int:
         client.request("umount", drain=False)
     if not control.wait_pid_exit(entry.pid, entry.pid_start, 3.0):
         # hung (or stopped): cut the kernel connection so that nothing waits on it, then kill
-        abort_problem = daemon.abort_connection(entry.mountpoint) if is_mounted else None
+        abort_problem = control.abort_connection(entry.mountpoint) if is_mounted else None
         if control.process_start_time(entry.pid) == entry.pid_start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(entry.pid, signal.SIGKILL)
@@ -630,13 +637,13 @@ def _umount_force(entry: control.MountEntry, is_mounted: bool) -> int:
                 f"(stuck in the kernel?){'; ' + abort_problem if abort_problem else ''}"
             )
         control.unregister(entry)
-    if entry.mountpoint in daemon.mounted_filesystems():
+    if entry.mountpoint in control.mounted_filesystems():
         return _detach_or_fail(entry.mountpoint)
     return 0
 
 
 def _detach_or_fail(mountpoint: str) -> int:
-    failure = daemon.detach_mount(mountpoint, lazy=True)
+    failure = control.detach_mount(mountpoint, lazy=True)
     if failure:
         raise Failure(f"cannot detach {mountpoint}: {failure}")
     return 0
@@ -712,7 +719,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
         {"mountpoint": point, "source": info.source, "pid": None, "cache_dir": None, "started": None,
          "state": "dead", "fs": None,
          "error": f"no meshfs daemon serves this mount any more; run: meshfs umount --lazy {point}"}
-        for point, info in daemon.mounted_filesystems().items()
+        for point, info in control.mounted_filesystems().items()
         if info.fstype == "fuse.meshfs" and info.owner == os.getuid() and point not in served
         and _connection_dead(point)
     ]  # fmt: skip
@@ -1044,6 +1051,8 @@ def _doctor_cache(c: _Checks, cache_dir: Path) -> None:
     if not os.access(cache_dir, os.W_OK | os.X_OK):
         c.fail(f"cache dir {cache_dir} is not writable by you")
         return
+    from meshfs import daemon
+
     free = shutil.disk_usage(cache_dir).free
     lock = daemon.CacheDirLock(cache_dir)
     try:
@@ -1157,7 +1166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_forward(ns)
     except UsageError as e:
         _die(str(e), 2)
-    except (Failure, control.ControlError, daemon.StartupError) as e:
+    except (Failure, control.ControlError) as e:
         _die(str(e), 1)
     except KeyboardInterrupt:
         _die("interrupted", 130)

@@ -1,8 +1,10 @@
 """The control socket of a running daemon and the registry through which the CLI finds it.
 
 Owns: the runtime directory, the per-mount registry files, the JSON-lines protocol, the trio server
-(in the daemon) and the blocking client (in the CLI). Must not import: meshfs.vfs, meshfs.cs3,
-meshfs.fuse, grpc, cs3apis or urllib3; the daemon passes in a `Handler` that does the work.
+(in the daemon) and the blocking client (in the CLI), and reading/detaching entries of the kernel's
+mount table. trio is imported lazily so that `meshfs status/umount/sync` start fast.
+Must not import: meshfs.vfs, meshfs.cs3, meshfs.fuse, grpc, cs3apis or urllib3; the daemon passes in a
+`Handler` that does the work.
 
 Runtime directory (mode 0700, owned by the user; refused otherwise): $MESHFS_RUNTIME_DIR, else
 /run/meshfs for root, else $XDG_RUNTIME_DIR/meshfs, else /run/user/UID/meshfs when that directory is
@@ -36,13 +38,15 @@ import os
 import socket
 import stat
 import struct
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
 PROTOCOL_VERSION: Final = 1
 MAX_LINE: Final = 1 << 20
@@ -260,6 +264,98 @@ def relative_to_mount(path: str | os.PathLike[str], entry: MountEntry) -> str:
     raise ControlError(f"{path} is not inside the meshfs mount {entry.mountpoint}")
 
 
+# ------------------------------------------------------------------------------ the kernel's mount table
+
+
+@dataclass(frozen=True, slots=True)
+class MountInfo:
+    """One line of /proc/self/mountinfo, the fields meshfs needs."""
+
+    fstype: str
+    devno: str
+    """major:minor; for FUSE the minor is the connection number in /sys/fs/fuse/connections"""
+    super_options: str
+    source: str = ""
+
+    @property
+    def owner(self) -> int | None:
+        """user_id= of a FUSE mount (who mounted it)."""
+        for opt in self.super_options.split(","):
+            if opt.startswith("user_id="):
+                with contextlib.suppress(ValueError):
+                    return int(opt[len("user_id=") :])
+        return None
+
+
+def mounted_filesystems() -> dict[str, MountInfo]:
+    """mountpoint -> MountInfo of the topmost mount there (octal escapes in paths decoded)."""
+    found: dict[str, MountInfo] = {}
+    try:
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        tail = right.split()
+        if len(fields) < 5 or not tail:
+            continue
+        point = _unescape_mount_path(fields[4])
+        found[point] = MountInfo(
+            tail[0],
+            fields[2],
+            tail[2] if len(tail) > 2 else "",
+            _unescape_mount_path(tail[1]) if len(tail) > 1 else "",
+        )
+    return found
+
+
+def _unescape_mount_path(raw: str) -> str:
+    out, i = [], 0
+    while i < len(raw):
+        if raw[i] == "\\" and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
+            out.append(chr(int(raw[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return "".join(out)
+
+
+def detach_mount(mountpoint: str, *, lazy: bool = True) -> str | None:
+    """Unmount `mountpoint` with the system tools (lazy by default); None or the one-line failure."""
+    if os.getuid() == 0:
+        cmd = ["umount", "-l", mountpoint] if lazy else ["umount", mountpoint]
+    else:
+        cmd = ["fusermount3", "-u", "-z", mountpoint] if lazy else ["fusermount3", "-u", mountpoint]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        return f"{cmd[0]} is not installed"
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(cmd)} did not finish within 30 s"
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return lines[-1] if lines else f"{cmd[0]} failed with status {done.returncode}"
+    return None
+
+
+def abort_connection(mountpoint: str) -> str | None:
+    """Abort the FUSE connection of `mountpoint` (/sys/fs/fuse/connections/N/abort); None on success."""
+    info = mounted_filesystems().get(mountpoint)
+    if info is None:
+        return f"{mountpoint} is not mounted"
+    if not info.fstype.startswith("fuse"):
+        return f"{mountpoint} is not a FUSE mount ({info.fstype})"
+    minor = info.devno.partition(":")[2]
+    conn = Path("/sys/fs/fuse/connections")  # fusectl, mounted at boot by sys-fs-fuse-connections.mount
+    try:
+        (conn / minor / "abort").write_text("1")
+    except OSError as e:
+        return f"cannot abort FUSE connection {minor}: {e.strerror} ({conn} not mounted?)"
+    return None
+
+
 # ------------------------------------------------------------------------------------------ protocol
 
 
@@ -302,6 +398,8 @@ class ControlServer:
 
     async def bind(self) -> None:
         """Create and listen on the socket (0600); an existing stale socket file is replaced."""
+        import trio  # here, not at module level: the CLI's clients should start fast
+
         ensure_runtime_dir()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -315,12 +413,15 @@ class ControlServer:
         sock.listen(16)
         self._listener = sock
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] | None = None) -> None:
+        import trio
+
         if self._listener is None:
             await self.bind()
         listener = self._listener
         assert listener is not None
-        task_status.started()
+        if task_status is not None:
+            task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 while True:

@@ -29,7 +29,6 @@ import resource
 import signal
 import socket
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -169,66 +168,11 @@ class Readiness:
 # --------------------------------------------------------------------------------- startup checks
 
 
-@dataclass(frozen=True, slots=True)
-class MountInfo:
-    """One line of /proc/self/mountinfo, the fields meshfs needs."""
-
-    fstype: str
-    devno: str
-    """major:minor; for FUSE the minor is the connection number in /sys/fs/fuse/connections"""
-    super_options: str
-    source: str = ""
-
-    @property
-    def owner(self) -> int | None:
-        """user_id= of a FUSE mount (who mounted it)."""
-        for opt in self.super_options.split(","):
-            if opt.startswith("user_id="):
-                with contextlib.suppress(ValueError):
-                    return int(opt[len("user_id=") :])
-        return None
-
-
-def mounted_filesystems() -> dict[str, MountInfo]:
-    """mountpoint -> MountInfo of the topmost mount there (octal escapes in paths decoded)."""
-    found: dict[str, MountInfo] = {}
-    try:
-        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError:
-        return found
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        tail = right.split()
-        if len(fields) < 5 or not tail:
-            continue
-        point = _unescape_mount_path(fields[4])
-        found[point] = MountInfo(
-            tail[0],
-            fields[2],
-            tail[2] if len(tail) > 2 else "",
-            _unescape_mount_path(tail[1]) if len(tail) > 1 else "",
-        )
-    return found
-
-
-def _unescape_mount_path(raw: str) -> str:
-    out, i = [], 0
-    while i < len(raw):
-        if raw[i] == "\\" and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
-            out.append(chr(int(raw[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return "".join(out)
-
-
 def check_mountpoint(mountpoint: str) -> None:
     """Refuse a mountpoint that is missing, not a directory, or already mounted; detach the mount
     left behind by a killed meshfs daemon of ours. Looks at /proc/self/mountinfo and the registry
     before any stat: a stat of a mount whose daemon hangs would hang too."""
-    mounted = mounted_filesystems().get(mountpoint)
+    mounted = control.mounted_filesystems().get(mountpoint)
     if mounted is not None:
         holder = next((e for e in control.list_entries() if e.mountpoint == mountpoint), None)
         if holder is not None:
@@ -239,7 +183,7 @@ def check_mountpoint(mountpoint: str) -> None:
             raise StartupError(f"{mountpoint} is already a mountpoint ({mounted.fstype}); unmount it first")
         # ours, and no live daemon serves it: the leftover of a killed daemon
         log.warning("%s: replacing the mount left behind by a dead meshfs daemon", mountpoint)
-        failure = detach_mount(mountpoint, lazy=True)
+        failure = control.detach_mount(mountpoint, lazy=True)
         if failure:
             raise StartupError(f"{mountpoint}: cannot detach the mount of a dead meshfs daemon: {failure}")
     try:
@@ -316,40 +260,6 @@ class CacheDirLock:
 
 
 # ------------------------------------------------------------------------------------ unmount helpers
-
-
-def detach_mount(mountpoint: str, *, lazy: bool = True) -> str | None:
-    """Unmount `mountpoint` with the system tools (lazy by default); None or the one-line failure."""
-    if os.getuid() == 0:
-        cmd = ["umount", "-l", mountpoint] if lazy else ["umount", mountpoint]
-    else:
-        cmd = ["fusermount3", "-u", "-z", mountpoint] if lazy else ["fusermount3", "-u", mountpoint]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except FileNotFoundError:
-        return f"{cmd[0]} is not installed"
-    except subprocess.TimeoutExpired:
-        return f"{' '.join(cmd)} did not finish within 30 s"
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        return lines[-1] if lines else f"{cmd[0]} failed with status {done.returncode}"
-    return None
-
-
-def abort_connection(mountpoint: str) -> str | None:
-    """Abort the FUSE connection of `mountpoint` (/sys/fs/fuse/connections/N/abort); None on success."""
-    info = mounted_filesystems().get(mountpoint)
-    if info is None:
-        return f"{mountpoint} is not mounted"
-    if not info.fstype.startswith("fuse"):
-        return f"{mountpoint} is not a FUSE mount ({info.fstype})"
-    minor = info.devno.partition(":")[2]
-    conn = Path("/sys/fs/fuse/connections")  # fusectl, mounted at boot by sys-fs-fuse-connections.mount
-    try:
-        (conn / minor / "abort").write_text("1")
-    except OSError as e:
-        return f"cannot abort FUSE connection {minor}: {e.strerror} ({conn} not mounted?)"
-    return None
 
 
 # -------------------------------------------------------------------------------------- the daemon
@@ -574,9 +484,9 @@ class Daemon:
                 await self._session_api.unmount(self._session)
             except OSError as e:
                 log.warning("%s: unmount failed (%s); detaching lazily", self.plan.mountpoint, e.strerror)
-        left = mounted_filesystems().get(self.plan.mountpoint)
+        left = control.mounted_filesystems().get(self.plan.mountpoint)
         if left is not None and left.fstype == "fuse.meshfs":
-            failure = await trio.to_thread.run_sync(detach_mount, self.plan.mountpoint)
+            failure = await trio.to_thread.run_sync(control.detach_mount, self.plan.mountpoint)
             if failure:
                 log.error("%s: lazy unmount failed: %s", self.plan.mountpoint, failure)
 

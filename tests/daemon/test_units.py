@@ -266,8 +266,8 @@ def test_readiness_pipe() -> None:
 
 
 def test_mountinfo_unescapes_spaces(tmp_path: Path) -> None:
-    assert daemon._unescape_mount_path("/mnt/a\\040b") == "/mnt/a b"
-    assert "/" in daemon.mounted_filesystems() or "/proc" in daemon.mounted_filesystems()
+    assert control._unescape_mount_path("/mnt/a\\040b") == "/mnt/a b"
+    assert "/" in control.mounted_filesystems() or "/proc" in control.mounted_filesystems()
 
 
 # ---------------------------------------------------------------------------------------- logs
