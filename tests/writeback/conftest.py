@@ -3,8 +3,9 @@ dev Reva (or on a private Reva stack of our own for outages), the server's view 
 folder per test in einstein's home.
 
 Owns: `mounter` (mounts + guaranteed cleanup: umount, lazy unmount, kill), `dav`, `area` (a unique folder
-name, created on the server and removed afterwards), `private_reva` (REVA_INSTANCE=wb, offset 500;
-stopped at the end). Imports nothing from meshfs: the product is driven through its CLI and the kernel.
+name, created on the server and removed afterwards), `private_reva` (REVA_INSTANCE=wb on a free port
+offset; stopped at the end). Imports nothing from meshfs: the product is driven through its CLI
+and the kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,28 @@ import pytest
 from wbkit import Mounter, PrivateStack, WebDav  # type: ignore[import-not-found]
 
 PRIVATE_INSTANCE = "wb"
-PRIVATE_OFFSET = 500
+#: revactl's default ports (dev/reva/NOTES.md); a private stack adds an offset (multiple of 10, <= 700)
+BASE_PORTS = (19000, 19001, 11000, 11001, 14000, 13000)
+
+
+def _ports_free(offset: int) -> bool:
+    for port in BASE_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + offset))
+            except OSError:
+                return False
+    return True
+
+
+def _private_offset() -> int:
+    """MESHFS_WB_REVA_OFFSET, else the highest offset whose ports are all free (others run stacks too)."""
+    if "MESHFS_WB_REVA_OFFSET" in os.environ:
+        return int(os.environ["MESHFS_WB_REVA_OFFSET"])
+    for offset in range(700, 290, -10):
+        if _ports_free(offset):
+            return offset
+    pytest.fail("no free port offset for the private Reva stack (set MESHFS_WB_REVA_OFFSET)", pytrace=False)
 
 
 def _require_fuse() -> None:
@@ -74,11 +97,11 @@ def area(dav: WebDav, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def private_reva(reva: Any) -> Iterator[PrivateStack]:
-    """Our own Reva (revactl instance `wb`, port offset 500): the tests may stop and restart it.
+    """Our own Reva (revactl instance `wb`, a free port offset): the tests may stop and restart it.
 
     Depends on `reva` only so that revad is built; the shared stack is never touched here.
     """
-    stack = PrivateStack(PRIVATE_INSTANCE, PRIVATE_OFFSET)
+    stack = PrivateStack(PRIVATE_INSTANCE, _private_offset())
     stack.up()
     try:
         yield stack

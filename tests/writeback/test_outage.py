@@ -1,0 +1,107 @@
+"""A server outage during a large upload, on a private Reva stack of our own (revactl instance `wb`):
+the upload retries, reads of cached data keep working, reads of uncached data fail with EIO after the
+(short) timeouts, `meshfs sync` reports the pending file while the server is away, and after the
+restart `meshfs sync` succeeds with the server's sha256 equal to the original.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from wbkit import (  # type: ignore[import-not-found]
+    MiB,
+    Mounter,
+    PrivateStack,
+    WebDav,
+    errno_name,
+    make_data_file,
+    sha256,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.reva, pytest.mark.fuse]
+
+TIMEOUTS = ("call_timeout=2s", "transfer_timeout=3s", "unavailable_timeout=3s")
+EIO_BOUND = 30.0  # seconds an uncached read may take to fail during the outage
+
+
+def _upload_started(var_dir: Path, since: float) -> bool:
+    uploads = var_dir / "data" / "uploads"
+    try:
+        return any(
+            e.name.endswith(".info") and e.stat().st_mtime >= since
+            and os.path.getsize(e.path[: -len(".info")]) > 0
+            for e in os.scandir(uploads)
+        )  # fmt: skip
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("size_mib", [256])
+def test_server_outage_during_upload(
+    private_reva: PrivateStack, private_mounter: Mounter, reva: Any, tmp_path: Path, size_mib: int
+) -> None:
+    u = reva.einstein
+    dav = WebDav(private_reva.http_url, u.username, u.password)
+    area = f"wb-outage-{uuid.uuid4().hex[:8]}"
+    dav.mkcol(area)
+    cached, uncached = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    dav.put(f"{area}/cached.bin", cached)
+    dav.put(f"{area}/uncached.bin", uncached)
+    size = size_mib * MiB
+    original = tmp_path / "original.bin"
+    digest = make_data_file(original, size, seed=size_mib)
+
+    a = private_mounter.mount("upload_delay=0.2s", "upload_chunk_size=16M", "drain_timeout=300s", *TIMEOUTS)
+    d = a.home / area
+    assert (d / "cached.bin").read_bytes() == cached  # now in the cache
+    since = time.time() - 1
+    shutil.copyfile(original, d / "big.bin")
+    var_dir = Path(private_reva.env_vars["REVA_VAR_DIR"])
+    wait_for(lambda: _upload_started(var_dir, since), 60, "the upload to reach the server")
+    private_reva.down()
+    problems: list[str] = []  # soft checks, reported at the end so the resume is checked too
+    try:
+        # cached data keeps working
+        for name, want in (("cached.bin", sha256(cached)), ("big.bin", digest)):
+            t0 = time.monotonic()
+            try:
+                if sha256((d / name).read_bytes()) != want:
+                    problems.append(f"outage: cached {name} reads wrong data")
+            except OSError as e:
+                took = time.monotonic() - t0
+                problems.append(f"outage: reading cached {name} failed after {took:.1f} s: {errno_name(e)}")
+        # uncached data: EIO after the timeout, not a hang
+        t0 = time.monotonic()
+        try:
+            (d / "uncached.bin").read_bytes()
+            problems.append("outage: reading uncached data succeeded")
+        except OSError as e:
+            took = time.monotonic() - t0
+            if e.errno != errno.EIO:
+                problems.append(f"outage: uncached read gave {errno_name(e)}, expected EIO")
+            if took > EIO_BOUND:
+                problems.append(f"outage: the uncached read took {took:.1f} s to fail")
+        # sync while the server is away: exit != 0 naming the file
+        proc = a.sync(timeout=8)
+        assert proc.returncode != 0, "meshfs sync succeeded while the server was down"
+        assert f"{area}/big.bin" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        uploads = a.status()["fs"]["uploads"]
+        assert [x["path"] for x in uploads] == [f"home/{area}/big.bin"], uploads
+    finally:
+        private_reva.up()
+    a.sync_ok(timeout=240)
+    got = dav.sha256(f"{area}/big.bin")
+    assert got == (digest, size), f"after the restart and a successful sync the server has {got[1]} bytes"
+    assert sorted(dav.names(area)) == ["big.bin", "cached.bin", "uncached.bin"]
+    assert a.status()["fs"]["conflicts"] == []
+    assert (d / "uncached.bin").read_bytes() == uncached  # and the mount works again
+    assert sha256((d / "big.bin").read_bytes()) == digest
+    assert not problems, problems
