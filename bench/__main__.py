@@ -1,0 +1,272 @@
+"""`python -m bench` (`make bench`): meshfs side by side with rclone mount, davfs2, the local disk and
+raw curl, on the dev Reva. Writes bench/results/<UTC time>-<label>.{json,md}.
+
+Owns: the command line, the interleaved round loop, cleanup (every mount is unmounted in finally).
+Must not import: meshfs (the product is driven through its CLI and the mount).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .dataset import prepare
+from .rows import ROWS, Meter, Params, applies, check_row
+from .server import REPO, REVACTL, Reva, start, stop
+from .sysutil import BenchError, ensure_tools, is_mounted, loadavg, log, run
+from .targets import Target, make_targets
+
+ALL_TARGETS = ["meshfs", "rclone", "davfs2", "local", "curl"]
+
+EPILOG = """\
+rows: seq_write (dd return + until durable), seq_read (cold, warm), rand4k / rand256k (fio O_DIRECT,
+cold, warm), ttfb (1-byte O_DIRECT read), meta (create/stat/unlink), ls (ls -l of 1k/10k entries, cold,
+warm via hyperfine), untar (+ git status), sparse (footer + 1 % in 64 KiB pieces, bytes fetched).
+Every (row, round, target) runs on a fresh mount with an empty cache; targets rotate order each round.
+Times are seconds (median [min–max]); ratios are speed ratios, >1 = meshfs faster.
+"""
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument(
+        "--quick", action="store_true", help="256 MiB files, 1 GiB sparse file, 1000 small files, 1 round"
+    )
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all)")
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated targets (default: all)")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3, --quick 1)")
+    ap.add_argument("--size-mb", type=int, help="sequential/random file size in MiB (default 2048)")
+    ap.add_argument("--sparse-mb", type=int, help="sparse-read file size in MiB (default 4096)")
+    ap.add_argument("--nfiles", type=int, help="files for create/stat/unlink (default 10000)")
+    ap.add_argument("--ls-sizes", default="1000,10000", help="directory sizes for ls -l (default 1000,10000)")
+    ap.add_argument("--meshfs-opts", default="", help="extra meshfs -o options")
+    ap.add_argument("--instance", default="bench", help="revactl instance (default: bench, its own stack)")
+    ap.add_argument(
+        "--port-offset", type=int, default=500, help="REVA_PORT_OFFSET of that instance (default 500)"
+    )
+    ap.add_argument(
+        "--work", type=Path, default=REPO / ".cache" / "bench", help="work dir (data set, mounts, caches)"
+    )
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
+    ap.add_argument("--label", default="", help="suffix of the result file names")
+    ap.add_argument("--keep-reva", action="store_true", help="leave the Reva instance running at the end")
+    a = ap.parse_args(argv)
+    for name in ("rounds", "size_mb", "sparse_mb", "nfiles"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name.replace('_', '-')} must be ≥ 1")
+    return a
+
+
+def params(a: argparse.Namespace) -> tuple[Params, int]:
+    q = a.quick
+    size = a.size_mb or (256 if q else 2048)
+    p = Params(
+        size_mb=size,
+        sparse_mb=a.sparse_mb or (1024 if q else 4096),
+        nfiles=a.nfiles or (1000 if q else 10000),
+        rand4k_mb=min(size, 8 if q else 32),
+        rand256k_mb=min(size, 64 if q else 256),
+        ls_sizes=tuple(int(x) for x in a.ls_sizes.split(",") if x),
+    )
+    return p, a.rounds or (1 if q else 3)
+
+
+def nbytes(p: Params) -> dict[str, int]:
+    mb = 1 << 20
+    return {
+        "seq_write.return": p.size_mb * mb,
+        "seq_write.durable": p.size_mb * mb,
+        "seq_read.cold": p.size_mb * mb,
+        "seq_read.warm": p.size_mb * mb,
+        "seq_read.cold_to_disk": p.size_mb * mb,
+        "rand4k.cold": p.rand4k_mb * mb,
+        "rand4k.warm": p.rand4k_mb * mb,
+        "rand256k.cold": p.rand256k_mb * mb,
+        "rand256k.warm": p.rand256k_mb * mb,
+    }
+
+
+def versions() -> dict[str, str]:
+    def first(cmd: list[str]) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    return {
+        "kernel": platform.release(),
+        "meshfs_commit": first(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "rclone": first(["rclone", "version"]),
+        "davfs2": first(["dpkg-query", "-W", "-f", "${Version}", "davfs2"]),
+        "fio": first(["fio", "--version"]),
+        "cpus": str(os.cpu_count()),
+    }
+
+
+def cleanup_server(reva: Reva, t: Target) -> None:
+    for rel in (f"bench/w-{t.name}.bin", f"bench/meta-{t.name}", f"bench/untar-{t.name}"):
+        try:
+            reva.delete(rel)
+        except (BenchError, OSError) as e:
+            log(f"cleanup {rel}: {e}")
+
+
+def main(argv: list[str]) -> int:
+    a = parse(argv)
+    p, rounds = params(a)
+    rows = [r for r in a.rows.split(",") if r]
+    for r in rows:
+        check_row(r)
+    names = [t for t in a.targets.split(",") if t]
+    for n in names:
+        if n not in ALL_TARGETS:
+            raise BenchError(f"unknown target {n!r} (one of {', '.join(ALL_TARGETS)})")
+    tools = ["fio", "hyperfine", "curl", "git", "fusermount3"]
+    tools += ["rclone"]  # also used for the setup upload of the small files
+    if "davfs2" in names:
+        tools.append("mount.davfs")
+    ensure_tools(tools)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    env = dict(os.environ, REVA_INSTANCE=a.instance, REVA_PORT_OFFSET=str(a.port_offset))
+    was_running = run([str(REVACTL), "status"], timeout=30, check=False, env=env).rc == 0
+    reva = start(a.instance, a.port_offset)
+    log(f"Reva instance {a.instance!r}: gateway {reva.gateway}, WebDAV {reva.webdav}")
+    work = a.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data_root = work / "data"
+    started = time.time()
+    label = a.label or ("quick" if a.quick else "full")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    a.out.mkdir(parents=True, exist_ok=True)
+    base = a.out / f"{stamp}-{label}"
+    meta: dict[str, Any] = {
+        "started": stamp,
+        "params": {**{k: getattr(p, k) for k in Params.__dataclass_fields__}, "rounds": rounds},
+        "rows": rows,
+        "targets": names,
+        "meshfs_opts": a.meshfs_opts,
+        "versions": versions(),
+        "load_start": loadavg(),
+        "command": " ".join(["python -m bench", *argv]),
+    }
+    samples: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    targets: list[Target] = []
+    try:
+        prepare(data_root, work, reva, p)
+        targets = make_targets(names, work, reva, data_root / "data", a.meshfs_opts)
+        for row in rows:
+            log(f"row {row} (load {loadavg()})")
+            for rnd in range(rounds):
+                order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
+                for t in order:
+                    if not applies(row, t):
+                        continue
+                    try:
+                        t.mount()
+                        res = ROWS[row](t, Meter(t, reva), p)
+                        for phase, m in res.items():
+                            samples.append(
+                                {"row": row, "phase": phase, "target": t.name, "round": rnd, **m.as_dict()}
+                            )
+                        log(
+                            f"  {row} r{rnd} {t.name}: "
+                            + ", ".join(f"{k} {v.seconds:.3f}s" for k, v in res.items())
+                        )
+                    except (BenchError, OSError, ValueError, KeyError) as e:
+                        log(f"  {row} r{rnd} {t.name}: FAILED: {type(e).__name__}: {e}")
+                        errors.append({"row": row, "target": t.name, "round": rnd, "error": str(e)})
+                    finally:
+                        t.unmount()
+                        if t.is_mount:
+                            cleanup_server(reva, t)
+            reva.purge_trash()
+            _write(base, meta, samples, errors, p, partial=True)
+    except KeyboardInterrupt:
+        log("interrupted; unmounting")
+        errors.append({"error": "interrupted"})
+    finally:
+        for t in targets:
+            try:
+                t.unmount()
+            except Exception as e:
+                log(f"unmount {t.name}: {e}")
+        left = [str(t.mp) for t in targets if t.is_mount and is_mounted(str(t.mp))]
+        if left:
+            log(f"WARNING: still mounted: {', '.join(left)}")
+        if not was_running and not a.keep_reva:
+            stop(reva)
+    meta["load_end"] = loadavg()
+    meta["seconds"] = time.time() - started
+    _write(base, meta, samples, errors, p, partial=False)
+    print(base.with_suffix(".md").read_text())
+    log(f"results: {base}.json, {base}.md")
+    return 1 if errors else 0
+
+
+def _write(
+    base: Path,
+    meta: dict[str, Any],
+    samples: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    p: Params,
+    *,
+    partial: bool,
+) -> None:
+    nb = nbytes(p)
+    gl = report.goals(samples, nb)
+    doc = {
+        "meta": meta,
+        "samples": samples,
+        "errors": errors,
+        "goals": [{"goal": g, "measured": v, "met": ok} for g, v, ok in gl],
+    }
+    base.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    pr = meta["params"]
+    md = [
+        f"# meshfs benchmark {meta['started']}{' (partial)' if partial else ''}",
+        "",
+        f"`{meta['command']}` — {pr['rounds']} round(s), big file {pr['size_mb']} MiB, "
+        f"sparse file {pr['sparse_mb']} MiB, {pr['nfiles']} small files; "
+        f"load average at start {meta['load_start']}, end {meta.get('load_end', '?')}; "
+        f"versions {meta['versions']}.",
+        "",
+        "Seconds, median [min–max] over rounds; every sample on a fresh mount with an empty cache. "
+        "Ratios are speed ratios (peer's time / meshfs's time): > 1 means meshfs is faster. "
+        "CPU = utime+stime of the daemon during the phase.",
+        "",
+        report.table(samples, nb),
+        "",
+        report.extras(samples),
+        "",
+        "## Goals (issues 4, 6, 9)",
+        "",
+        report.goals_md(gl),
+    ]
+    if errors:
+        md += ["", "## Errors", ""] + [f"- {e}" for e in errors]
+    base.with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(1)
