@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from meshfs import __version__, control
 
 if TYPE_CHECKING:
-    from meshfs import daemon
+    pass
 
 PROG: Final = "meshfs"
 COMMANDS: Final = ("mount", "umount", "status", "sync", "doctor", "share", "users", "lock")
@@ -389,10 +389,11 @@ def normalize_argv(argv: Sequence[str], prog_name: str = PROG) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class LoadedMount:
-    """The Config plus what the daemon needs from it."""
+    """The validated Config and where a background daemon logs."""
 
     config: Any
-    plan: daemon.MountPlan
+    source: str
+    cache_dir: Path
     log_level: str
     log_file: Path
 
@@ -404,7 +405,6 @@ def load_mount(ns: argparse.Namespace, *, for_doctor: bool = False) -> LoadedMou
     files) and drops the mount(8)-only options (_netdev, noauto, x-systemd.*, ...).
     """
     from meshfs import config as cfgmod
-    from meshfs import daemon
 
     flags: dict[str, Any] = {
         "source": ns.source,
@@ -425,18 +425,10 @@ def load_mount(ns: argparse.Namespace, *, for_doctor: bool = False) -> LoadedMou
             check_files=not for_doctor,
         )
         cache_dir = config.require_cache_dir()
+        source = str(config.require_server())
     except cfgmod.ConfigError as e:
         raise UsageError(str(e)) from None
-    plan = daemon.MountPlan(
-        source=str(config.require_server()),
-        mountpoint=os.fspath(config.mountpoint) if config.mountpoint else "",
-        cache_dir=cache_dir,
-        read_only=config.ro,
-        allow_other=config.allow_other,
-        default_permissions=config.default_permissions,
-        drain_timeout=float(getattr(config, "drain_timeout", daemon.DRAIN_TIMEOUT)),
-    )
-    return LoadedMount(config, plan, config.log_level, cache_dir / "daemon.log")
+    return LoadedMount(config, source, cache_dir, config.log_level, cache_dir / "daemon.log")
 
 
 # ========================================================================================== mount
@@ -454,7 +446,8 @@ def run_foreground(loaded: LoadedMount) -> int:
     from meshfs.logsetup import setup_logging
 
     setup_logging(loaded.log_level)
-    d = daemon.Daemon(loaded.config, loaded.plan, readiness=daemon.Readiness.from_environ())
+    plan = daemon.plan_from_config(loaded.config)
+    d = daemon.Daemon(loaded.config, plan, readiness=daemon.Readiness.from_environ())
     return d.run()
 
 
@@ -472,11 +465,9 @@ def _open_log(path: Path) -> int:
 
 def start_background(loaded: LoadedMount, argv: Sequence[str]) -> int:
     """Re-execute `meshfs mount ... -f` as a detached child; return once it is live or failed."""
-    from meshfs import daemon
-
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     log_fd = _open_log(loaded.log_file)
-    env = dict(os.environ, **{daemon.READY_FD_ENV: str(write_end)})
+    env = dict(os.environ, **{control.READY_FD_ENV: str(write_end)})
     cmd = [sys.executable, "-m", "meshfs", *argv, "--foreground"]
     try:
         child = subprocess.Popen(
@@ -952,8 +943,8 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     except UsageError as e:
         c.fail(f"configuration: {e}")
         return 1
-    c.ok(f"configuration: {loaded.plan.source}")
-    _doctor_cache(c, loaded.plan.cache_dir)
+    c.ok(f"configuration: {loaded.source}")
+    _doctor_cache(c, loaded.cache_dir)
     from meshfs.config import ConfigError, check_secret_file
 
     secrets_ok = True

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import trio
 
 PROTOCOL_VERSION: Final = 1
+READY_FD_ENV: Final = "MESHFS_READY_FD"
+"""The environment variable naming the readiness pipe from `meshfs mount` to its daemon (see daemon.py)."""
 MAX_LINE: Final = 1 << 20
 OPS: Final = frozenset({"ping", "status", "sync", "umount", "command"})
 _SUN_PATH_MAX: Final = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux

@@ -44,7 +44,7 @@ from meshfs.errors import MeshError, ServerUnavailable
 log = logging.getLogger("meshfs.daemon")
 
 LOCK_NAME: Final = "daemon.lock"
-READY_FD_ENV: Final = "MESHFS_READY_FD"
+READY_FD_ENV: Final = control.READY_FD_ENV
 DRAIN_TIMEOUT: Final = 900.0
 """Safety bound of draining at stop when the Config has no drain_timeout (systemd's TimeoutStopSec is
 longer). What is not uploaded by then stays in the cache journal and resumes at the next mount."""
@@ -71,6 +71,19 @@ class MountPlan:
     default_permissions: bool = False
     nonempty: bool = False
     drain_timeout: float = DRAIN_TIMEOUT
+
+
+def plan_from_config(config: Any) -> MountPlan:
+    """What the daemon needs from a validated meshfs.config.Config (source and mountpoint set)."""
+    return MountPlan(
+        source=str(config.require_server()),
+        mountpoint=os.fspath(config.require_mountpoint()),
+        cache_dir=config.require_cache_dir(),
+        read_only=config.ro,
+        allow_other=config.allow_other,
+        default_permissions=config.default_permissions,
+        drain_timeout=float(getattr(config, "drain_timeout", DRAIN_TIMEOUT)),
+    )
 
 
 class FilesystemLike(Protocol):
