@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -148,7 +149,28 @@ def test_decline_and_json(mounts: Mounts) -> None:
         assert every[added["id"]]["state"] == "rejected"
         # a declined share can be accepted later
         einstein.share("accept", added["id"])
-        wait_for(lambda: name in _ls(einstein.root / "shared-with-me"), what="accepted after decline")
+        swm = einstein.root / "shared-with-me"
+        wait_for(lambda: name in _ls(swm), what="accepted after decline")
+        # a viewer folder share is r-x and refuses writes inside with EACCES
+        assert stat.S_IMODE(os.stat(swm / name).st_mode) & 0o777 == 0o555
+        with pytest.raises(PermissionError) as exc:
+            (swm / name / "new.txt").write_text("x")
+        assert exc.value.errno == errno.EACCES
+        # renames into / inside the virtual dirs: EPERM (only .pending/X → shared-with-me/ is allowed)
+        mine = einstein.root / "home" / _uniq("mine")
+        mine.write_text("mine")
+        try:
+            for src, dst in (
+                (mine, swm / "moved-in"),
+                (swm / name, swm / "renamed"),
+                (swm / name, mine.parent / "out"),
+            ):
+                with pytest.raises(OSError) as exc2:
+                    os.rename(src, dst)
+                assert exc2.value.errno == errno.EPERM, (src, dst)
+        finally:
+            mine.unlink()
+        assert name in _ls(swm)
     finally:
         _cleanup_shares(marie, path, "einstein")
 
