@@ -428,6 +428,7 @@ class Session:
             log.warning("meshfs.fuse: aborting the connection of %s (still in use after unmount)",
                         self.mountpoint)
             self._close_fd()
+        self._end()  # also when no worker is reading (all blocked at max_tasks)
 
     def _close_fd(self) -> None:
         if self._closed or self.fd < 0:
@@ -560,67 +561,89 @@ class Session:
         # else: at the limit; the next worker whose handler finishes becomes the reader
 
     async def _worker(self) -> None:
-        me = object()
-        buf = self._get_buf()
+        state = _WorkerState(self._get_buf())
+        try:
+            while True:
+                # One cancel scope per worker (entering one per request would cost more than the
+                # rest of a request); INTERRUPT cancels the scope of the worker whose handler is
+                # blocked on that request, and the scope is replaced right after.
+                scope = trio.CancelScope()
+                state.scope = scope
+                state.unique = 0
+                with scope:
+                    if await self._work(state):
+                        return
+                if scope.cancelled_caught and state.unique:
+                    self._reply_err(state.unique, errno.EINTR)
+        finally:
+            self._workers -= 1
+            self._put_buf(state.buf)
+
+    async def _work(self, state: _WorkerState) -> bool:
+        """The worker loop; True: the worker is done, False: its cancel scope must be replaced."""
+        me = state
+        buf = state.buf
         readv = os.readv
         fd = self.fd
         wait_readable = trio.lowlevel.wait_readable
         served = 0
-        try:
-            while True:
-                if self._reader is not None:
-                    if self._idle >= 4:
-                        return
-                    self._idle += 1
-                    try:
-                        await self._idle_lot.park()
-                    finally:
-                        self._idle -= 1
-                    continue
-                self._reader = me
+        while True:
+            if self._reader is not None:
+                if self._idle >= 4:
+                    return True
+                self._idle += 1
                 try:
-                    n = readv(fd, [buf])
-                except BlockingIOError:
-                    # only the reader waits here, so trio never sees two waiters on the fd
-                    try:
-                        await wait_readable(fd)
-                    except (trio.ClosedResourceError, OSError):
-                        self._end()
-                        return
-                    finally:
-                        self._reader = None
-                    served = 0
-                    continue
-                except OSError as e:
-                    self._reader = None
-                    if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
-                        continue  # ENOENT: the request was interrupted before we could read it
-                    if e.errno in (errno.ENODEV, errno.EBADF):
-                        log.debug("meshfs.fuse: connection ended (%s)", e.strerror)
-                        self._end()
-                        return
-                    raise
-                except BaseException:
-                    self._reader = None
-                    raise
-                try:
-                    await self._process(buf, n)
+                    await self._idle_lot.park()
                 finally:
-                    if self._reader is me:
-                        self._reader = None
-                        served += 1
-                if served >= 32:
-                    # handlers that never block keep this worker reading; stay fair to others
-                    served = 0
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self._workers -= 1
-            self._put_buf(buf)
+                    self._idle -= 1
+                continue
+            self._reader = me
+            try:
+                n = readv(fd, [buf])
+            except BlockingIOError:
+                # only the reader waits here, so trio never sees two waiters on the fd
+                try:
+                    await wait_readable(fd)
+                except (trio.ClosedResourceError, OSError):
+                    self._end()
+                    return True
+                finally:
+                    self._reader = None
+                served = 0
+                continue
+            except OSError as e:
+                self._reader = None
+                if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
+                    continue  # ENOENT: the request was interrupted before we could read it
+                if e.errno in (errno.ENODEV, errno.EBADF):
+                    log.debug("meshfs.fuse: connection ended (%s)", e.strerror)
+                    self._end()
+                    return True
+                raise
+            except BaseException:
+                self._reader = None
+                raise
+            try:
+                await self._process(state, n)
+            finally:
+                if self._reader is me:
+                    self._reader = None
+                    served += 1
+            if state.scope is not None and state.scope.cancel_called:
+                # interrupted, but the handler finished anyway: leave the cancelled scope now,
+                # before anything else could see its cancellation
+                state.unique = 0
+                return False
+            if served >= 32:
+                # handlers that never block keep this worker reading; stay fair to others
+                served = 0
+                await trio.lowlevel.checkpoint()
 
     def _end(self) -> None:
         self._ended.set()
 
-    async def _process(self, buf: bytearray, n: int) -> None:
+    async def _process(self, state: _WorkerState, n: int) -> None:
+        buf = state.buf
         if n < abi.IN_HEADER.size:
             log.error("meshfs.fuse: short read of %d bytes from /dev/fuse", n)
             return
@@ -647,16 +670,14 @@ class Session:
             log.exception("meshfs.fuse: cannot parse %s", abi.OPCODE_NAMES.get(opcode, opcode))
             self._reply_err(unique, errno.EIO)
             return
-        tracked = _Tracked(self, unique, fn(unique, *args))
+        state.unique = unique
         err = 0
         try:
-            await tracked
+            await _Tracked(self, state, fn(unique, *args))
         except FUSEError as e:
             err = e.errno or errno.EIO
         except _ReplyFailed:
             pass
-        except _Interrupted:
-            err = errno.EINTR
         except Exception:
             log.exception("meshfs.fuse: handler %s raised", getattr(fn, "__name__", fn))
             err = errno.EIO
@@ -1079,24 +1100,26 @@ class _ReplyFailed(Exception):
     """The kernel refused a reply (request gone); already logged when unexpected."""
 
 
-class _Interrupted(Exception):
-    """The request was cancelled by INTERRUPT; answer EINTR."""
+@dataclass(slots=True)
+class _WorkerState:
+    buf: bytearray
+    scope: trio.CancelScope | None = None
+    unique: int = 0
 
 
 class _Tracked:
     """Awaitable that drives a handler coroutine and notices when it first blocks.
 
-    A handler that finishes without yielding to trio runs entirely inline. At its first yield
-    the reader role is handed off and a cancel scope is entered (registered for INTERRUPT); it
-    is exited, in the same task, when the handler ends. Cancellation by that scope surfaces as
-    _Interrupted; any other exception (including the session's own cancellation) propagates.
+    A handler that finishes without yielding to trio runs entirely inline in the reading worker.
+    At its first yield the reader role is handed to another worker and the request is
+    registered for INTERRUPT (mapped to the worker's cancel scope) until the handler ends.
     """
 
-    __slots__ = ("coro", "session", "unique")
+    __slots__ = ("coro", "session", "state")
 
-    def __init__(self, session: Session, unique: int, coro: Any) -> None:
+    def __init__(self, session: Session, state: _WorkerState, coro: Any) -> None:
         self.session = session
-        self.unique = unique
+        self.state = state
         self.coro = coro
 
     def __await__(self) -> Any:
@@ -1105,12 +1128,11 @@ class _Tracked:
             trap = coro.send(None)
         except StopIteration as e:
             return e.value
-        # the handler blocks: let another worker read, make the handler interruptible
         session = self.session
+        unique = self.state.unique
         session._hand_off_reading()
-        scope = trio.CancelScope()
-        scope.__enter__()
-        session._inflight[self.unique] = scope
+        if unique and self.state.scope is not None:
+            session._inflight[unique] = self.state.scope
         try:
             while True:
                 try:
@@ -1120,11 +1142,6 @@ class _Tracked:
                 else:
                     trap = coro.send(value)
         except StopIteration as e:
-            session._inflight.pop(self.unique, None)
-            scope.__exit__(None, None, None)
             return e.value
-        except BaseException as exc:
-            session._inflight.pop(self.unique, None)
-            if scope.__exit__(type(exc), exc, exc.__traceback__):
-                raise _Interrupted() from None
-            raise
+        finally:
+            session._inflight.pop(unique, None)

@@ -86,7 +86,8 @@ class LockRequest:
 
 class MemFS(Operations):
     """A complete in-memory filesystem. Knobs for tests: `hang_on` (names whose lookup hangs until
-    `release_hang` is set), `raise_on` (names whose lookup raises RuntimeError)."""
+    `release_hang` is set; names starting with b"scoped" wait inside a cancel scope of their own),
+    `raise_on` (names whose lookup raises RuntimeError)."""
 
     def __init__(self, *, timeout: float = 1.0) -> None:
         self.timeout = timeout
@@ -184,7 +185,12 @@ class MemFS(Operations):
         if name in self.hang_on:
             self.hanging += 1
             try:
-                await self.release_hang.wait()
+                if name.startswith(b"scoped"):
+                    # block first inside a cancel scope of the handler's own
+                    with trio.move_on_after(3600):
+                        await self.release_hang.wait()
+                else:
+                    await self.release_hang.wait()
             except trio.Cancelled:
                 self.cancelled += 1
                 raise

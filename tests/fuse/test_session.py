@@ -110,14 +110,40 @@ def test_hanging_handler_does_not_block_others(mnt: Mounted, children: list[subp
     assert outcome(p) == f"errno {errno.ENOENT}"
 
 
-def test_interrupt_cancels_the_handler(mnt: Mounted, children: list[subprocess.Popen[str]]) -> None:
-    mnt.call(mnt.fs.hang_on.add, b"slow")
-    p = stat_child(mnt.path / "slow", children)
+@pytest.mark.parametrize("name", [b"slow", b"scoped"])
+def test_interrupt_cancels_the_handler(
+    mnt: Mounted, children: list[subprocess.Popen[str]], name: bytes
+) -> None:
+    mnt.call(mnt.fs.hang_on.add, name)
+    p = stat_child(mnt.path / name.decode(), children)
     wait_for(lambda: mnt.call(lambda: mnt.fs.hanging) == 1, what="the lookup to hang")
     os.kill(p.pid, signal.SIGUSR1)
     assert outcome(p) == "interrupted"
     assert mnt.call(lambda: (mnt.fs.cancelled, mnt.fs.hanging)) == (1, 0)
     assert (mnt.path / "x").exists() is False  # still serving
+
+
+def test_max_tasks_bounds_blocked_handlers_and_recovers(
+    tmp_path: Path, children: list[subprocess.Popen[str]]
+) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with serve(mp, MemFS(), MountOptions(fsname="memfs", max_tasks=2, unmount_grace=1.0)) as m:
+        (mp / "d").mkdir()
+        m.call(m.fs.hang_on.update, {b"slow", b"scoped"})
+        a = stat_child(mp / "slow", children)
+        wait_for(lambda: m.call(lambda: m.fs.hanging) == 1, what="the first lookup to hang")
+        b = stat_child(mp / "scoped", children)
+        wait_for(lambda: m.call(lambda: m.fs.hanging) == 2, what="the second lookup to hang")
+        # both workers are blocked: nobody reads; a third request waits (bounded by max_tasks)
+        c = stat_child(mp / "d" / "none", children)  # not in the kernel's caches
+        with pytest.raises(subprocess.TimeoutExpired):
+            c.communicate(timeout=0.5)
+        m.call(m.fs.release_hang.set)
+        assert outcome(a) == outcome(b) == f"errno {errno.ENOENT}"
+        assert outcome(c) == f"errno {errno.ENOENT}"
+        (mp / "after").write_bytes(b"served again")
+        assert (mp / "after").read_bytes() == b"served again"
 
 
 def test_unmount_with_request_finishing_in_grace(
