@@ -7,7 +7,7 @@ separate POSIX lock owner). Commands (fd NAMEs are free-form labels):
   flock NAME ex|sh|un nb|wait        (libc flock: a signal makes it return EINTR instead of retrying)
   lk NAME r|w|u START LEN nb|wait    (fcntl F_SETLK / F_SETLKW)
   getlk NAME r|w START LEN   -> {"ok": true, "type": "r|w|u", "start": S, "len": L, "pid": P}
-  write NAME TEXT | fsync NAME | read NAME
+  write NAME TEXT (the rest of the line, no newline) | fsync NAME | read NAME
   pid                        -> {"ok": true, "pid": P}
 Every failure answers {"ok": false, "errno": "EAGAIN", ...}. SIGINT only interrupts a blocking call.
 """
@@ -83,7 +83,7 @@ def run(cmd: list[str], fds: dict[str, int]) -> dict[str, object]:
         type_, _whence, start, length, pid = FLOCK_STRUCT.unpack(raw)
         return {"type": NAMES[type_], "start": start, "len": length, "pid": pid}
     if op == "write":
-        return {"n": os.write(fd, cmd[2].encode())}
+        return {"n": os.write(fd, " ".join(cmd[2:]).encode())}
     if op == "fsync":
         os.fsync(fd)
         return {}

@@ -221,3 +221,23 @@ def test_close_then_reopen_for_write_on_the_same_node(mounter, area, cs3) -> Non
             lambda: cs3.einstein.get_lock(cs3.einstein.ref(f"{area.name}/again.txt")) is None, 10, "unlock"
         )
     assert refused == 0, f"{refused} of 5 reopens for write were refused by our own lock being released"
+
+
+@pytest.mark.parametrize("release", ["unlock", "close"])
+def test_data_written_under_the_lock_is_visible_to_the_next_holder(mounter, area, procs, release) -> None:  # type: ignore[no-untyped-def]
+    """A locks, writes (no fsync) and lets go (LOCK_UN or close); B, taking the lock next, must read
+    A's data: A's upload has to be on the server before A's CS3 lock is released."""
+    _a, _b, pa, pb, _rel = two_nodes(mounter, area, content=b"version 1\n")
+    ha: LockProc = procs()
+    hb: LockProc = procs()
+    hb.ok("open", "f", pb, "r")
+    ha.ok("open", "f", pa, "rw")
+    ha.ok("flock", "f", "ex", "nb")
+    assert ha.ok("write", "f", "version 2, written under the lock")["n"] == 33
+    hb.send("flock", "f", "ex", "wait")
+    hb.wait_blocked_in_fuse()
+    ha.ok("flock" if release == "unlock" else "close", "f", *(("un", "nb") if release == "unlock" else ()))
+    got = hb.answer(30)
+    assert got["ok"], got
+    data = hb.ok("read", "f")["data"]
+    assert data == "version 2, written under the lock", f"B got the lock but read {data!r}"
