@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
-from wbkit import MiB, Mounter, WebDav, sha256, state_of, wait_for  # type: ignore[import-not-found]
+from wbkit import MiB, Mounter, WebDav, make_data_file, sha256, state_of, wait_for  # type: ignore[import-not-found]
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -137,3 +138,33 @@ def test_state_xattr_goes_dirty_then_clean(mounter: Mounter, dav: WebDav, area: 
     assert state_of(f) == "dirty"
     wait_for(lambda: state_of(f) == "clean", 60, "user.meshfs.state to become clean")
     assert dav.get(f"{area}/state.txt") == data
+
+
+def test_writer_reopening_during_upload_cancels_and_redoes_it(
+    mounter: Mounter, dav: WebDav, area: str, tmp_path: Path
+) -> None:
+    size = 256 * MiB
+    original = tmp_path / "original.bin"
+    make_data_file(original, size, seed=9)
+    a = mounter.mount("upload_delay=0.2s", "upload_chunk_size=16M")
+    f = a.home / area / "big.bin"
+    shutil.copyfile(original, f)
+
+    def uploading() -> dict[str, object] | None:
+        for u in a.status()["fs"]["uploads"]:
+            if u["path"] == f"home/{area}/big.bin" and u["state"] == "uploading" and int(u["done"]) > 0:
+                return dict(u)
+        return None
+
+    progress = wait_for(uploading, 60, "the upload to be running with progress in `meshfs status`")
+    assert progress["size"] == size and 0 < int(str(progress["done"])) <= size, progress
+    patch = b"rewritten while the upload ran\n" * 64
+    with open(f, "r+b") as w:  # a writer reopens: the running upload is cancelled, redone after close
+        w.seek(0)
+        w.write(patch)
+    a.sync_ok(timeout=240)
+    data = bytearray(original.read_bytes())
+    data[: len(patch)] = patch
+    assert dav.sha256(f"{area}/big.bin") == (sha256(bytes(data)), size)
+    assert sorted(dav.names(area)) == ["big.bin"], "a cancelled upload must not turn into a conflict copy"
+    assert a.status()["fs"]["conflicts"] == []

@@ -9,6 +9,7 @@ fraction; "delay" kills while the file is dirty but its upload has not started y
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -120,3 +121,28 @@ def test_kill9_during_2gib_upload_then_resume(
     mounter: Mounter, dav: WebDav, reva: Any, area: str, tmp_path: Path, seed: int
 ) -> None:
     _crash_and_resume(mounter, dav, reva, area, tmp_path, 2048 * MiB, "upload", seed)
+
+
+def test_kill9_then_append_right_after_remount(
+    mounter: Mounter, dav: WebDav, area: str, tmp_path: Path
+) -> None:
+    """New work on a file whose upload is still pending from before the crash builds on our version,
+    not on the server's stale one (an append right after the remount, while the resume runs)."""
+    size = 64 * MiB
+    original = tmp_path / "original.bin"
+    digest = make_data_file(original, size, seed=5)
+    cache = tmp_path / "cache"
+    a = mounter.mount("upload_delay=300s", f"upload_chunk_size={CHUNK}", cache_dir=cache)
+    shutil.copyfile(original, a.home / area / "log.bin")
+    mounter.kill9(a)
+
+    b = mounter.mount("upload_delay=0.2s", f"upload_chunk_size={CHUNK}", cache_dir=cache)
+    tail = b"appended after the crash\n" * 100
+    with open(b.home / area / "log.bin", "ab") as f:
+        f.write(tail)
+    b.sync_ok(timeout=120)
+    h = hashlib.sha256(original.read_bytes() + tail).hexdigest()
+    assert sha256_file(b.home / area / "log.bin") == h, "the local file lost data around the append"
+    assert dav.sha256(f"{area}/log.bin") == (h, size + len(tail)), "the server copy is not original + tail"
+    assert sorted(dav.names(area)) == ["log.bin"]
+    assert digest != h
