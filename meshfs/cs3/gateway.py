@@ -288,6 +288,14 @@ class Gateway:
                             path=who,
                             code=code_pb2.Code.Name(code),
                         )
+                    if isinstance(creds, BearerCredentials):  # e.g. no auth provider for "bearer"
+                        raise Unauthenticated(
+                            "the server could not exchange the bearer token (no OIDC login there?): "
+                            + _one_line(res.status.message or code_pb2.Code.Name(code)),
+                            op="authenticate",
+                            path=who,
+                            code=code_pb2.Code.Name(code),
+                        )
                     raise self._cs3_error(res.status, op="authenticate", path=who)
                 token, user = Secret(res.token), user_from_pb(res.user)
             if user is None:  # a token used as is: check it before giving up the one we have

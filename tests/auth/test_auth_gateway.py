@@ -5,6 +5,8 @@ replacement fails with one clear line, a token command runs when the token nears
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import sys
 import time
@@ -118,3 +120,17 @@ async def test_token_command_runs_when_the_token_nears_expiry(
         assert runs.read_text().count("run") >= 2
     assert a not in caplog.text and b not in caplog.text
     assert "tokencmd: issued ***" in caplog.text
+
+
+async def test_oidc_token_is_exchanged_and_a_server_without_oidc_says_so(
+    tmp_path: Path, auth_reva: Stack
+) -> None:
+    claims = {"iss": "https://idp.example.org", "aud": "cernbox", "sub": "einstein", "exp": time.time() + 600}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    token = f"eyJhbGciOiJSUzI1NiJ9.{payload}.c2lnbmF0dXJl"
+    source = MountCredentials(token_file=TokenFile(write_secret(tmp_path / "token", token), "token_file"))
+    with pytest.raises(Unauthenticated) as err:
+        async with Gateway(auth_reva.gateway, source):
+            pass
+    text = str(err.value)
+    assert "could not exchange the bearer token" in text and token not in text and "\n" not in text
