@@ -9,6 +9,7 @@ module does not import vfs/ (which imports it), nor grpc, cs3apis, urllib3, cach
 
 from __future__ import annotations
 
+import bisect
 import errno as errno_mod
 import logging
 import math
@@ -55,10 +56,9 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.total += value
         self.count += 1
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[i] += 1
-                break
+        i = bisect.bisect_left(self.bounds, value)  # the first bound >= value ("le")
+        if i < len(self.counts):
+            self.counts[i] += 1
 
     def cumulative(self) -> list[int]:
         out, running = [], 0
