@@ -405,7 +405,7 @@ class MeshOps(Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: RequestContext) -> EntryAttributes:
         parent = self._node(parent_inode)
         text = self._name(name)
-        async with self._op("mkdir", self._child_path(parent, text)):
+        async with self._op("mkdir", self._child_path(parent, text)), self.tree.changing(parent):
             self._check_dir_writable(parent)
             ref = self.tree.child_ref(parent, text)
             await self.storage.create_container(ref)
@@ -435,7 +435,7 @@ class MeshOps(Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
         text = self._name(name)
-        async with self._op("rmdir", self._child_path(parent, text)):
+        async with self._op("rmdir", self._child_path(parent, text)), self.tree.changing(parent):
             self._check_dir_writable(parent)
             node = await self.tree.lookup(parent, text)
             if node.kind is not Kind.DIR:
@@ -451,7 +451,7 @@ class MeshOps(Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
         text = self._name(name)
-        async with self._op("unlink", self._child_path(parent, text)):
+        async with self._op("unlink", self._child_path(parent, text)), self.tree.changing(parent):
             self._check_dir_writable(parent)
             node = await self.tree.lookup(parent, text)
             if node.kind is Kind.DIR:
@@ -487,7 +487,7 @@ class MeshOps(Operations):
         new_parent = self._node(parent_inode_new)
         old_name, new_name = self._name(name_old), self._name(name_new)
         what = f"{self._child_path(old_parent, old_name)} -> {self._child_path(new_parent, new_name)}"
-        async with self._op("rename", what):
+        async with self._op("rename", what), self.tree.changing(old_parent, new_parent):
             if old_parent.virtual is not None or new_parent.virtual is not None:
                 if self.read_only:
                     raise FUSEError(errno.EROFS)
@@ -612,7 +612,7 @@ class MeshOps(Operations):
     ) -> tuple[FileInfo, EntryAttributes]:
         parent = self._node(parent_inode)
         text = self._name(name)
-        async with self._op("create", self._child_path(parent, text)):
+        async with self._op("create", self._child_path(parent, text)), self.tree.changing(parent):
             self._check_dir_writable(parent)
             ref = self.tree.child_ref(parent, text)
             try:

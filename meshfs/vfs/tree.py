@@ -12,7 +12,8 @@ Must not import: grpc, cs3apis, urllib3, meshfs.fuse; errors leave as MeshError 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -87,6 +88,10 @@ class Tree:
         # last known listings, kept past their TTL: what an outage falls back to
         self._known: LRUCache[int, dict[str, Node]] = LRUCache(maxsize=8192)
         self._outage_logged = -1e9
+        # directories with local namespace changes in flight, and a counter bumped when one ends:
+        # a listing or negative lookup that overlapped a change is used once but never cached
+        self._busy: dict[int, int] = {}
+        self._gen: dict[int, int] = {}
         self.home_ref: Ref | None = None
         self.home_path = ""
         root = inodes.add_virtual(ROOT, Virtual.ROOT, "", ROOT)
@@ -169,6 +174,29 @@ class Tree:
             seen += 1
         return "/".join(reversed(parts))
 
+    @asynccontextmanager
+    async def changing(self, *dirs: Node) -> AsyncIterator[None]:
+        """Wrap a local change of these directories' entries (create, unlink, rename...)."""
+        for d in dirs:
+            self._busy[d.inode] = self._busy.get(d.inode, 0) + 1
+        try:
+            yield
+        finally:
+            for d in dirs:
+                left = self._busy.get(d.inode, 1) - 1
+                if left:
+                    self._busy[d.inode] = left
+                else:
+                    self._busy.pop(d.inode, None)
+                self._gen[d.inode] = self._gen.get(d.inode, 0) + 1
+
+    def _stamp(self, inode: int) -> tuple[int, int]:
+        return self._gen.get(inode, 0), self._busy.get(inode, 0)
+
+    def _quiet_since(self, inode: int, stamp: tuple[int, int]) -> bool:
+        """No local change of the directory overlapped the server call that began at `stamp`."""
+        return stamp[1] == 0 and self._stamp(inode) == stamp
+
     def is_negative(self, parent: Node, name: str) -> bool:
         return (parent.inode, name) in self._negative
 
@@ -227,10 +255,12 @@ class Tree:
             return node
         if self.is_negative(parent, name):
             raise NotFound("no such entry (cached)", op="lookup", path=self.path_of(parent) + "/" + name)
+        stamp = self._stamp(parent.inode)
         try:
             res = await self.storage.stat(self.child_ref(parent, name))
         except NotFound:
-            self.set_negative(parent, name)
+            if self._quiet_since(parent.inode, stamp):
+                self.set_negative(parent, name)
             raise
         except ServerUnavailable as e:
             known = self._known.get(parent.inode, {}).get(name)
@@ -252,6 +282,7 @@ class Tree:
         else:
             if parent.rid is None:
                 raise NotFound("no such directory", op="list", path=self.path_of(parent))
+            stamp = self._stamp(parent.inode)
             try:
                 resources = await self.storage.list_container(Ref.to(parent.rid))
             except ServerUnavailable as e:
@@ -261,6 +292,8 @@ class Tree:
                 self._outage(e)
                 return known
             listing = {r.name: self._adopt(parent, r) for r in resources}
+            if not self._quiet_since(parent.inode, stamp):
+                return listing  # a local change overlapped: good for this caller, not for the cache
         self._listings[parent.inode] = listing
         self._known[parent.inode] = listing
         return listing
