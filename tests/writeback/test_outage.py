@@ -44,7 +44,8 @@ def _upload_started(var_dir: Path, since: float) -> bool:
         return False
 
 
-@pytest.mark.parametrize("size_mib", [256])
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("size_mib", [256, pytest.param(2048, marks=pytest.mark.long)])
 def test_server_outage_during_upload(
     private_reva: PrivateStack, private_mounter: Mounter, reva: Any, tmp_path: Path, size_mib: int
 ) -> None:
@@ -53,6 +54,8 @@ def test_server_outage_during_upload(
     area = f"wb-outage-{uuid.uuid4().hex[:8]}"
     dav.mkcol(area)
     cached, uncached = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    edit = b"edited during the outage\n" * 10
+    cached_after = edit + cached[len(edit) :]
     dav.put(f"{area}/cached.bin", cached)
     dav.put(f"{area}/uncached.bin", uncached)
     size = size_mib * MiB
@@ -70,7 +73,7 @@ def test_server_outage_during_upload(
     problems: list[str] = []  # soft checks, reported at the end so the resume is checked too
     try:
         # cached data keeps working
-        for name, want in (("cached.bin", sha256(cached)), ("big.bin", digest)):
+        for name, want in (("cached.bin", sha256(cached)), ("big.bin", digest)):  # before the edit below
             t0 = time.monotonic()
             try:
                 if sha256((d / name).read_bytes()) != want:
@@ -89,17 +92,37 @@ def test_server_outage_during_upload(
                 problems.append(f"outage: uncached read gave {errno_name(e)}, expected EIO")
             if took > EIO_BOUND:
                 problems.append(f"outage: the uncached read took {took:.1f} s to fail")
+        # fsync while the server is away returns the error (not success, not a hang)
+        t0 = time.monotonic()
+        try:
+            with open(d / "cached.bin", "r+b") as w:
+                w.write(edit)
+                w.flush()
+                try:
+                    os.fsync(w.fileno())
+                    problems.append("outage: fsync reported success while the server was down")
+                except OSError as e:
+                    if e.errno != errno.EIO:
+                        problems.append(f"outage: fsync gave {errno_name(e)}, expected EIO")
+        except OSError as e:
+            problems.append(f"outage: writing cached.bin failed: {errno_name(e)}")
+        took = time.monotonic() - t0
+        if took > EIO_BOUND:
+            problems.append(f"outage: the failing fsync took {took:.1f} s")
         # sync while the server is away: exit != 0 naming the file
         proc = a.sync(timeout=8)
         assert proc.returncode != 0, "meshfs sync succeeded while the server was down"
         assert f"{area}/big.bin" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
         uploads = a.status()["fs"]["uploads"]
-        assert [x["path"] for x in uploads] == [f"home/{area}/big.bin"], uploads
+        assert f"home/{area}/big.bin" in [x["path"] for x in uploads], uploads
     finally:
         private_reva.up()
     a.sync_ok(timeout=240)
     got = dav.sha256(f"{area}/big.bin")
-    assert got == (digest, size), f"after the restart and a successful sync the server has {got[1]} bytes"
+    assert got == (digest, size), (
+        f"after the restart and a successful sync the server has {got[1]} bytes; {problems}"
+    )
+    assert dav.get(f"{area}/cached.bin") == cached_after, "the edit made during the outage was not uploaded"
     assert sorted(dav.names(area)) == ["big.bin", "cached.bin", "uncached.bin"]
     assert a.status()["fs"]["conflicts"] == []
     assert (d / "uncached.bin").read_bytes() == uncached  # and the mount works again
