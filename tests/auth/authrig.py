@@ -82,7 +82,13 @@ def private_reva() -> Iterator[Stack]:
     up = revactl("up", env=PRIVATE_ENV, timeout=180)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        yield stack_from_revactl(PRIVATE_ENV)
+        stack = stack_from_revactl(PRIVATE_ENV)
+        lifetime = jwt_exp(mint_token(stack)) - time.time()
+        assert lifetime <= TOKEN_LIFETIME + 2, (
+            f"the running `auth` Reva mints tokens living {lifetime:.0f} s, not {TOKEN_LIFETIME} s: "
+            "stop it (REVA_INSTANCE=auth REVA_PORT_OFFSET=600 dev/reva/revactl down) and rerun"
+        )
+        yield stack
     finally:
         if started:
             revactl("down", env=PRIVATE_ENV, timeout=60)
