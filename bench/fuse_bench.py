@@ -173,8 +173,8 @@ def run_pass(mps: dict[str, str], args: argparse.Namespace, results: dict[tuple[
         make_files(mp, args.files, "lsdir")
     for rep in range(args.repeat):
         for kind in order if rep % 2 == 0 else order[::-1]:
-            results.setdefault((f"`ls -l` on {args.files} entries, cold (runs/s){tag}", kind), []).append(
-                ls_l(mps[kind], "lsdir"))
+            results.setdefault((f"`ls -l` on {args.files} entries, cold (entries/s){tag}", kind), []).append(
+                args.files * ls_l(mps[kind], "lsdir"))
     for mp in mps.values():
         unlink_files(mp, args.files, "lsdir")
         os.unlink(f"{mp}/big")

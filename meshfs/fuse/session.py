@@ -14,10 +14,15 @@ Usage (inside trio)::
         ...
         session.unmount()                                 # from any thread; run() then ends
 
-Concurrency model: one reader (non-blocking /dev/fuse fd + `trio.lowlevel.wait_readable`) parses
-each request and starts its handler as its own task in the session's nursery (at most
-`MountOptions.max_tasks` at once); replies are written with one `os.writev` each. INTERRUPT
-cancels the handler's cancel scope and answers EINTR. FORGET/BATCH_FORGET run as tasks too.
+Concurrency model: a pool of worker tasks in the session's nursery, of which exactly one at a
+time reads /dev/fuse (non-blocking fd + `trio.lowlevel.wait_readable`, no thread hop). The
+reader runs the request's handler inline, so a handler that does not block costs no task switch;
+the moment a handler blocks (awaits something that yields to trio) the reader role passes to an
+idle worker or a new one, so every handler effectively runs as its own task. At most
+`MountOptions.max_tasks` workers exist: when all are blocked, reading pauses until one is free.
+Replies are one `os.writev` each, WRITE payloads are memoryviews into the worker's buffer and
+READ results are written as returned (no copies). INTERRUPT cancels the blocked handler (each
+worker owns one cancel scope, replaced after an interrupt) and answers EINTR.
 
 Notifications (`invalidate_inode`, `invalidate_entry`, `delete_entry`, `store`) are queued and
 written by a worker thread, so they never block the loop nor deadlock against a request that
@@ -1065,7 +1070,7 @@ class Session:
         sent = False
         try:
             await self.ops.readdir(fh, offset, token)
-            self._write(unique, 0, token.chunks)
+            self._write(unique, 0, [b"".join(token.chunks)])  # one iovec: IOV_MAX is 1024
             sent = True
         finally:
             # every added entry counted as a lookup; give back those the kernel did not take

@@ -117,6 +117,7 @@ def serve(path: Path, fs: MemFS | None = None, options: MountOptions | None = No
         token = tokens.get(timeout=10)
         if token is None:
             raise AssertionError(f"the session loop died at start: {errors!r}")
+        os.stat(path)  # returns once the kernel's INIT was answered
         yield Mounted(path, fs, session, token, errors, thread)
     finally:
         try:

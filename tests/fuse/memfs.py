@@ -196,10 +196,12 @@ class MemFS(Operations):
                 raise
             finally:
                 self.hanging -= 1
+        if name == b".":  # export support: the kernel looks up "." of any inode by number
+            node = self.node(parent_inode)
+            node.lookups += 1
+            return self.attr(node)
         parent = self.dir(parent_inode)
-        if name == b".":
-            node = parent
-        elif name == b"..":
+        if name == b"..":
             node = self.node(parent.parent)
         else:
             ino = parent.entries.get(name)

@@ -20,7 +20,7 @@ import trio
 from conftest import Mounted, is_mounted, serve, wait_for
 from memfs import MemFS
 
-from meshfs.fuse import ROOT_INODE, MountError, MountOptions, Session, lazy_unmount
+from meshfs.fuse import ROOT_INODE, MountError, MountOptions, Session, abi, lazy_unmount
 
 pytestmark = pytest.mark.fuse
 
@@ -302,7 +302,17 @@ def test_notifications(tmp_path: Path) -> None:
         assert not (mp / "new").exists()
 
 
-def test_lookup_counts_return_to_zero(mnt: Mounted) -> None:
+@pytest.mark.parametrize("readdirplus", [True, False])
+def test_lookup_counts_return_to_zero(tmp_path: Path, readdirplus: bool) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with serve(mp, MemFS(), MountOptions(fsname="memfs", readdirplus=readdirplus)) as mnt:
+        assert mnt.session.conn is not None
+        assert mnt.session.conn.has(abi.DO_READDIRPLUS) == readdirplus
+        _lookup_counts_return_to_zero(mnt)
+
+
+def _lookup_counts_return_to_zero(mnt: Mounted) -> None:
     for i in range(300):
         (mnt.path / f"f{i}").write_bytes(b"")
     (mnt.path / "d").mkdir()
@@ -323,3 +333,68 @@ def test_lookup_counts_return_to_zero(mnt: Mounted) -> None:
     # the kernel forgets every evicted inode; lookups handed out by readdir(plus) included
     wait_for(lambda: not any(counts().values()), what="all lookups to be forgotten")
     assert min(counts().values()) == 0
+
+
+def test_mount_options_reach_the_kernel(tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    opts = MountOptions(fsname="optfs", subtype="memfs", ro=True, max_read=65536, default_permissions=True)
+    with serve(mp, MemFS(), opts) as m:
+        with open("/proc/self/mountinfo") as f:
+            line = next(ln for ln in f if ln.split()[4] == str(mp))
+        assert " ro," in line or line.split()[5].startswith("ro")
+        assert "max_read=65536" in line and "default_permissions" in line
+        assert "fuse.memfs optfs" in line
+        with pytest.raises(OSError) as ei:
+            (m.path / "f").write_bytes(b"")
+        assert ei.value.errno == errno.EROFS
+
+
+def test_writeback_cache(tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with serve(mp, MemFS(), MountOptions(fsname="memfs", writeback_cache=True)) as m:
+        assert m.session.conn is not None and m.session.conn.has(abi.WRITEBACK_CACHE)
+        f = mp / "f"
+        with open(f, "wb") as fh:
+            for i in range(100):
+                fh.write(bytes([i]) * 1000)
+        assert f.stat().st_size == 100_000
+        os.sync()
+        assert f.read_bytes() == b"".join(bytes([i]) * 1000 for i in range(100))
+        ino = f.stat().st_ino
+        assert m.call(lambda: bytes(m.fs.nodes[ino].data[:1000])) == b"\0" * 1000
+
+
+def test_export_support_lookup_of_dot_and_dotdot(tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with serve(mp, MemFS(), MountOptions(fsname="memfs", export_support=True)) as m:
+        assert m.session.conn is not None and m.session.conn.has(abi.EXPORT_SUPPORT)
+        (mp / "d").mkdir()
+        (mp / "d" / "f").write_bytes(b"x")
+        # a file handle survives dropping the kernel's caches (lookups of "." / ".." by the fs)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class FileHandle(ctypes.Structure):
+            _fields_ = (("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                        ("f_handle", ctypes.c_ubyte * 128))
+
+        fh = FileHandle(handle_bytes=128)
+        mount_id = ctypes.c_int()
+        assert libc.name_to_handle_at(-100, os.fsencode(mp / "d" / "f"), ctypes.byref(fh),
+                                      ctypes.byref(mount_id), 0) == 0, os.strerror(ctypes.get_errno())
+        with open("/proc/sys/vm/drop_caches", "w") as dc:
+            dc.write("2\n")
+        mfd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = libc.open_by_handle_at(mfd, ctypes.byref(fh), os.O_RDONLY)
+            assert fd >= 0, os.strerror(ctypes.get_errno())
+            try:
+                assert os.read(fd, 10) == b"x"
+            finally:
+                os.close(fd)
+        finally:
+            os.close(mfd)
