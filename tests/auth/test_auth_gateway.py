@@ -134,3 +134,19 @@ async def test_oidc_token_is_exchanged_and_a_server_without_oidc_says_so(
             pass
     text = str(err.value)
     assert "could not exchange the bearer token" in text and token not in text and "\n" not in text
+
+
+async def test_a_token_written_after_expiry_recovers_the_session(tmp_path: Path, auth_reva: Stack) -> None:
+    a = await fresh_token(auth_reva)
+    path = write_secret(tmp_path / "token", a)
+    source = MountCredentials(token_file=TokenFile(path, "token_file"))
+    async with Gateway(auth_reva.gateway, source) as gw:
+        storage = Storage(gw)
+        await storage.get_home()
+        await until_expired(a)
+        with pytest.raises(Unauthenticated):
+            await storage.get_home()
+        b = await fresh_token(auth_reva, a)
+        write_secret(path, b)  # the agent was late
+        assert (await storage.get_home()).path
+        assert await gw.access_token() == Secret(b)

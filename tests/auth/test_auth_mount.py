@@ -149,3 +149,30 @@ def test_no_credentials_at_all_is_one_line(mrig: MountRig, tmp_path: Path) -> No
     assert done.returncode == 1
     assert "one is needed to log in" in one_line(done.stderr)
     assert not mounted(mrig.mountpoint)
+
+
+def test_a_token_written_after_expiry_recovers_the_mount(mrig: MountRig) -> None:
+    a = mint_token(mrig.stack)
+    token_file = write_secret(mrig.root / "token", a)
+    name = f"auth-late-{uuid.uuid4().hex[:8]}.txt"
+    body = b"readable again once a valid token is back\n"
+    assert webdav(mrig.stack, "PUT", name, body)[0] in (201, 204)
+    done = mrig.mount("--token-file", os.fspath(token_file), "-o", "attr_ttl=0s,entry_ttl=0s")
+    assert done.returncode == 0, done.stderr
+    try:
+        assert (mrig.home / name).read_bytes() == body
+        wait_until(jwt_exp(a) + LEEWAY + 1, "the token to expire")
+        with pytest.raises(PermissionError):  # no valid token: EACCES, the mount stays
+            (mrig.home / name).read_bytes()
+        assert mounted(mrig.mountpoint)
+        write_secret(token_file, mint_token(mrig.stack), atomic=True)
+
+        def readable() -> bool:
+            try:
+                return (mrig.home / name).read_bytes() == body
+            except PermissionError:
+                return False
+
+        wait_for(readable, 20, "the mount to use the new token")
+    finally:
+        webdav(mrig.stack, "DELETE", name)
