@@ -450,8 +450,14 @@ class ShareCommands:
         node = await self.tree.lookup(old_parent, old_name)
         if node.share_id is None:
             raise _Eperm("not a pending share", op="rename", path=old_name)
-        # a federated share keeps its name (OCM has no mount point to set)
-        await self._set_state(node.share_id, ShareState.ACCEPTED, new_name if new_name != old_name else None)
+        if node.share_id.startswith(OCM_PREFIX) and new_name != old_name:
+            raise _Eperm("a federated share keeps its name (OCM has no mount point)", op="rename")
+        # Onto an existing name (another share already shows there): accept all the same, like
+        # `meshfs share accept`, and let the tree give it a suffixed name; the kernel's entry for
+        # the target name is revalidated after entry_ttl and then shows the tree's view again.
+        taken = new_name in await self.tree.listing(new_parent)
+        mount_point = new_name if new_name != old_name and not taken else None
+        await self._set_state(node.share_id, ShareState.ACCEPTED, mount_point)
         await self.refresh()
         return node
 

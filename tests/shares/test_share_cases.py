@@ -105,11 +105,12 @@ def test_same_name_from_two_users_gets_a_suffix(mounts: Mounts) -> None:
         marie.share("add", os.fspath(marie.root / "home" / name), "einstein", "--role", "viewer")
         richard.share("add", os.fspath(richard.root / "home" / name), "einstein", "--role", "viewer")
         pending = einstein.root / "shared-with-me" / ".pending"
-        both = wait_for(
-            lambda: [n for n in _ls(pending) if n.startswith(name)] if len(
-                [n for n in _ls(pending) if n.startswith(name)]) == 2 else None,
-            what="two pending shares of the same name",
-        )  # fmt: skip
+
+        def named() -> list[str]:
+            return [n for n in _ls(pending) if n.startswith(name)]
+
+        wait_for(lambda: len(named()) == 2, what="two pending shares of the same name")
+        both = named()
         assert name in both  # the older keeps the plain name, the other gets " (<share id>)"
         other = next(n for n in both if n != name)
         assert other.startswith(f"{name} (") and other.endswith(")")

@@ -5,6 +5,7 @@ and the kernel invalidations a refresh sends.
 
 from __future__ import annotations
 
+import errno
 import itertools
 from dataclasses import replace
 from typing import Any
@@ -159,7 +160,7 @@ async def rig() -> tuple[ShareCommands, FakeStorage, FakeShares, FakeSession]:
     await tree.start()
     storage.add("home", res("docs", "docs"))
     storage.add("home", res("nb", "nb.ipynb", Kind.FILE))
-    cmds = ShareCommands(tree, shares, lambda: EINSTEIN, lambda: session)  # type: ignore[arg-type]
+    cmds = ShareCommands(tree, shares, lambda: EINSTEIN, lambda: session)  # type: ignore[arg-type,return-value]
     return cmds, storage, shares, session
 
 
@@ -269,7 +270,14 @@ async def test_accept_by_rename_sets_the_new_name_and_refuses_other_renames(rig:
     assert "renamed" in await tree.listing(swm)
     with pytest.raises(PermissionDenied) as e:
         await cmds.accept_by_rename(swm, "renamed", swm, "again")
-    assert e.value.errno == 1  # EPERM
+    assert e.value.errno == errno.EPERM
+    storage.all["r6"] = res("r6", "other", perms=VIEWER)
+    shares.received.append(received("6", "", RICHARD))
+    cmds.tree.drop_share_cache()
+    # onto a taken name: accepted like `share accept` (no mount point), shown with a suffix
+    await cmds.accept_by_rename(pending, "other", swm, "renamed")
+    assert shares.calls[-1] == ("update", "6", ShareState.ACCEPTED, None)
+    assert set(await tree.listing(swm)) >= {"renamed", "other"}
 
 
 async def test_ocm_shares_are_listed_and_need_the_cs3_call(rig: Any) -> None:
