@@ -13,6 +13,7 @@ meshfs.cs3's Storage and Transfer and their plain values).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from functools import partial
 import trio
 
 from meshfs.cache.store import CacheFile, CacheStore, PendingState, PendingUpload, StoreError
-from meshfs.cs3 import Ref, ResourceId, Storage, Transfer, TusSession, UploadResult
+from meshfs.cs3 import Ref, Resource, ResourceId, Storage, Transfer, TusSession, UploadResult
 from meshfs.errors import AlreadyExists, EtagMismatch, MeshError, NotFound
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class Conflict:
     when: float
 
 
+class _Stopped(Exception):
+    """A chunked upload stopped between chunks because a writer reopened the file."""
+
+
 @dataclass(slots=True)
 class _Progress:
     done: int = 0
@@ -60,6 +65,7 @@ class _Slot:
     running: trio.CancelScope | None = None
     attempt_done: trio.Event = field(default_factory=trio.Event)
     last_error: MeshError | StoreError | None = None
+    stop_requested: bool = False
     failures: int = 0
     progress: _Progress = field(default_factory=_Progress)
 
@@ -134,13 +140,15 @@ class WriteBack:
         self._wake.set()
 
     def opened_for_write(self, key: str) -> None:
-        """A writer opened the file: no scheduled upload while it is open; a running one that was
-        started by the timer is cancelled and redone after the last writer closes."""
+        """A writer opened the file: no scheduled upload while it is open. A running chunked (tus)
+        upload stops before its next chunk and is redone after the last writer closes; a running
+        single PUT is left to finish (cancelling it mid-request could land it on the server without
+        our knowing the new etag, which the next upload would then take for a conflict)."""
         slot = self._slot(key)
         slot.writers += 1
         slot.due = math.inf
         if slot.running is not None:
-            slot.running.cancel()
+            slot.stop_requested = True
 
     def closed_for_write(self, key: str) -> None:
         slot = self._slots.get(key)
@@ -264,8 +272,12 @@ class WriteBack:
             async with self._limiter:
                 with scope:
                     slot.progress = _Progress(started=trio.current_time())
-                    await self._upload(key, slot)
-                cancelled = scope.cancelled_caught
+                    slot.stop_requested = False
+                    try:
+                        await self._upload(key, slot)
+                    except _Stopped:
+                        cancelled = True
+                cancelled = cancelled or scope.cancelled_caught
         except (MeshError, StoreError) as e:
             error = e
         finally:
@@ -410,6 +422,10 @@ class WriteBack:
             token = session.to_json()
             await trio.to_thread.run_sync(lambda: self.store.update_pending(rec.key, upload_token=token))
         while True:
+            slot = self._slots.get(rec.key)
+            if slot is not None and slot.stop_requested:
+                slot.stop_requested = False
+                raise _Stopped()
             out = await self.transfer.tus_upload(
                 session, cf.fd, chunk_size=self.chunk_size, max_bytes=self.chunk_size
             )
@@ -422,6 +438,24 @@ class WriteBack:
             token = session.to_json()
             await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=token))
 
+    async def _same_content(self, remote: Resource, cf: CacheFile, size: int) -> bool:
+        cs = remote.checksum
+        if cs is None or cs.type.lower() != "sha1" or remote.size != size:
+            return False
+
+        def digest() -> str:
+            h = hashlib.sha1(usedforsecurity=False)
+            off = 0
+            while off < size:
+                chunk = os.pread(cf.fd, min(4 << 20, size - off), off)
+                if not chunk:
+                    break
+                h.update(chunk)
+                off += len(chunk)
+            return h.hexdigest()
+
+        return (await trio.to_thread.run_sync(digest)).lower() == cs.value.lower()
+
     async def _conflict(self, rec: PendingUpload, cf: CacheFile, size: int, generation: int) -> None:
         """The server copy changed since ours was based on it: keep both. Ours goes up beside it as a
         conflict copy; the local cache entry then follows the server's version again (unless the
@@ -429,6 +463,18 @@ class WriteBack:
         if rec.resource_id is None:
             raise MeshError("conflict on a file without id", op="upload", path=rec.path)
         remote = await self.storage.stat(Ref.to(ResourceId.parse(rec.resource_id)))
+        if await self._same_content(remote, cf, size):
+            # the server already has exactly our bytes (an earlier upload landed but its answer was
+            # lost: a crash or a cut connection): not a conflict
+            clean = await trio.to_thread.run_sync(
+                lambda: self.store.mark_clean(rec.key, generation, etag=remote.etag)
+            )
+            log.info(
+                "%s: the server already had our version%s", rec.path, "" if clean else " (changed since)"
+            )
+            if self.on_uploaded is not None:
+                await self.on_uploaded(rec.key, remote.etag, None)
+            return
         if remote.parent_id is None:
             raise MeshError(
                 "conflict copy: the server did not say where the file lives", op="upload", path=rec.path
