@@ -6,6 +6,7 @@ unsafe (world-readable, foreign-owned) password/token files stop the mount with 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -100,13 +101,20 @@ def test_token_command_runs_for_the_mount(mrig: MountRig) -> None:
 
 
 def test_bearer_token_file_is_discovered(mrig: MountRig) -> None:
-    token_file = write_secret(mrig.root / "job-token", mint_token(mrig.stack))
+    token = mint_token(mrig.stack)
+    token_file = write_secret(mrig.root / "job-token", token)
     name = f"auth-disc-{uuid.uuid4().hex[:8]}.txt"
     done = mrig.mount("-o", "upload_delay=0s", env={"BEARER_TOKEN_FILE": os.fspath(token_file)})
     assert done.returncode == 0, done.stderr
     try:
         round_trip(mrig, name, b"found by $BEARER_TOKEN_FILE\n")
         assert "found by $BEARER_TOKEN_FILE" in mrig.log_text
+        status = mrig.meshfs("status", "--json")
+        assert status.returncode == 0 and token not in status.stdout
+        (row,) = json.loads(status.stdout)["mounts"]
+        auth = row["fs"]["auth"]
+        assert auth["kind"] == "bearer" and "$BEARER_TOKEN_FILE" in auth["source"]
+        assert auth["token_expires"] == jwt_exp(token)
     finally:
         webdav(mrig.stack, "DELETE", name)
 

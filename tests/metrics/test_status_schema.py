@@ -48,6 +48,9 @@ def test_status_json_of_a_real_mount_matches_the_schema(mrig: MountRig) -> None:
         (row,) = report["mounts"]
         assert row["state"] == "running" and row["mountpoint"] == os.path.realpath(mrig.mountpoint)
         assert row["fs"]["user"] == "einstein"
+        auth = row["fs"]["auth"]
+        assert auth["kind"] == "basic" and os.fspath(password) in auth["source"]
+        assert mrig.stack.password not in json.dumps(report)
 
         (mrig.home / name).write_bytes(b"waiting for upload_delay\n")
         webdav(mrig.stack, "PUT", locked, b"lock me\n")
