@@ -360,7 +360,7 @@ class WriteBack:
             if target is None:
                 raise
             try:
-                result = await self._send(rec, cf, target, size, if_not_exist=True, fresh=True)
+                result = await self._send(rec, cf, target, size, if_not_exist=True, fresh=True, locked=False)
             except AlreadyExists:
                 await self._conflict(rec, cf, size, generation)
                 return
@@ -389,9 +389,11 @@ class WriteBack:
         if_match: str | None = None,
         if_not_exist: bool = False,
         fresh: bool = False,
+        locked: bool = True,
     ) -> UploadResult:
         mtime_ns = self.mtimes.get(rec.key) or self.mtime_of(rec.key)
-        lock_id = self.lock_of(rec.key) or rec.lock_id
+        # only the locked resource itself takes our lock id (a new conflict copy is not locked)
+        lock_id = (self.lock_of(rec.key) or rec.lock_id) if locked else None
         if size <= self.chunk_size:
             return await self.transfer.upload(
                 ref, cf.fd, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id,
@@ -482,7 +484,7 @@ class WriteBack:
         when = time.time()
         name = conflict_name(remote.name, self.user, when)
         target = Ref.to(remote.parent_id).child(name)
-        await self._send(rec, cf, target, size, if_not_exist=True, fresh=True)
+        await self._send(rec, cf, target, size, if_not_exist=True, fresh=True, locked=False)
         self.conflicts.append(Conflict(rec.path, os.path.join(os.path.dirname(rec.path), name), when))
         log.warning(
             "conflict: %s changed on the server while ours was pending; ours saved as %s", rec.path, name

@@ -136,6 +136,8 @@ class MeshFilesystem:
             await nursery.start(self.share_commands.watch, self.config.dir_poll_interval)
         self.writeback.lock_of = self._ops.lock_id_for_key
         self.writeback.mtime_of = self._ops.mtime_for_upload
+        self.locks.on_acquired = self._ops.lease_acquired
+        self.locks.before_release = self._ops.flush_inode
         await nursery.start(self.locks.refresher)
         nursery.start_soon(checkpoint_loop, self.store)
         await nursery.start(self.writeback.run)

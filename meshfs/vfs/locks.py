@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,10 @@ class LockManager:
         self.publish_jupyter = publish_jupyter
         self.mount_tag = secrets.token_hex(6)
         self.tables: dict[int, FileLocks] = {}
+        #: hooks of the vfs: revalidate the cached data once a lease is taken; flush before unlock
+        self.on_acquired: Callable[[int, Resource], Awaitable[None]] | None = None
+        self.before_release: Callable[[int], Awaitable[None]] | None = None
+        self.flush_timeout = 300.0
         self.leases: dict[int, Lease] = {}
         self._lease_locks: dict[int, trio.Lock] = {}
 
@@ -310,6 +314,9 @@ class LockManager:
                 raise Conflict() from None
             self.leases[inode] = Lease(rid, lock_id, path, expiration)
             log.info("locked %s on the server (%s)", path, lock_id)
+            if self.on_acquired is not None:
+                # the server's version may be newer than ours: the lock holder must read it
+                await self.on_acquired(inode, res)
             if self.publish_jupyter:
                 try:
                     await self.storage.set_metadata(
@@ -340,9 +347,21 @@ class LockManager:
     async def release_lease(self, inode: int) -> None:
         lock = self._lease_locks.setdefault(inode, trio.Lock())
         async with lock:
-            lease = self.leases.pop(inode, None)
+            lease = self.leases.get(inode)
             if lease is None or lease.lost:
+                self.leases.pop(inode, None)
                 return
+            if self.before_release is not None:
+                # what was written under the lock reaches the server before the lock goes (and
+                # carries the lock id): the next holder reads it (NFS's flush on unlock)
+                try:
+                    with trio.fail_after(self.flush_timeout):
+                        await self.before_release(inode)
+                except (MeshError, trio.TooSlowError) as e:
+                    log.error(
+                        "unlocking %s before its data is on the server (%s); it goes up later", lease.path, e
+                    )
+            self.leases.pop(inode, None)
             ref = Ref.to(lease.rid)
             with trio.CancelScope(shield=True):
                 if self.publish_jupyter:

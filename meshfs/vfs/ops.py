@@ -857,9 +857,9 @@ class MeshOps(Operations):
         if h is None:
             return
         async with self._op("release", h.node):
+            await self._close_handle(h)  # first: the data is then scheduled, and flushed on unlock
             if flock_release:
                 await self.locks.release_flock(h.node.inode, lock_owner)
-            await self._close_handle(h)
 
     async def _close_handle(self, h: Handle) -> None:
         self._handles.pop(h.fh, None)
@@ -904,6 +904,36 @@ class MeshOps(Operations):
             if parent is not None:
                 parent.fetched = -1.0
                 self.tree.forget_listing(parent)
+
+    async def lease_acquired(self, inode: int, res: Resource) -> None:
+        """Lock hook: a lease was taken; if the server has a newer version than our clean cache,
+        drop the cached data and the kernel's pages (a lock holder must see the last holder's data)."""
+        node = self.inodes.get(inode)
+        if node is None or node.rid is None:
+            return
+        key = str(node.rid)
+        info = self.store.lookup(key)
+        node.resource, node.fetched = res, trio.current_time()
+        if info is None or info.dirty or info.etag == res.etag:
+            return
+        cf = await trio.to_thread.run_sync(
+            lambda: self.store.open_file(key, size=res.size, etag=res.etag, mtime=res.mtime_ns / 1e9),
+            limiter=self.io,
+        )
+        await trio.to_thread.run_sync(cf.close, limiter=self.io)
+        for h in self._handles.values():
+            if h.node is node:
+                h.ticket = None
+        if self.session is not None:
+            self.session.invalidate_inode(inode)
+
+    async def flush_inode(self, inode: int) -> None:
+        """Lock hook: upload this file's pending data now (before its lock is released)."""
+        node = self.inodes.get(inode)
+        if node is None or node.rid is None or node.unlinked:
+            return
+        if self.store.get_pending(str(node.rid)) is not None:
+            await self.writeback.flush(str(node.rid))
 
     def mtime_for_upload(self, key: str) -> int | None:
         """The mtime the user saw for a dirty file: the upload stores exactly that (X-OC-Mtime)."""
