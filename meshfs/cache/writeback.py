@@ -14,6 +14,7 @@ meshfs.cs3's Storage and Transfer and their plain values).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -350,7 +351,7 @@ class WriteBack:
         try:
             if ref is None:
                 raise NotFound("not on the server yet", op="upload", path=rec.path)
-            result = await self._send(rec, cf, ref, size, if_match=rec.base_etag)
+            result = await self._send(rec, cf, ref, size, if_match=rec.base_etag, generation=generation)
         except EtagMismatch:
             await self._conflict(rec, cf, size, generation)
             return
@@ -390,6 +391,7 @@ class WriteBack:
         if_not_exist: bool = False,
         fresh: bool = False,
         locked: bool = True,
+        generation: int = -1,
     ) -> UploadResult:
         mtime_ns = self.mtimes.get(rec.key) or self.mtime_of(rec.key)
         # only the locked resource itself takes our lock id (a new conflict copy is not locked)
@@ -399,13 +401,16 @@ class WriteBack:
                 ref, cf.fd, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id,
                 mtime_ns=mtime_ns,
             )  # fmt: skip
+        # a tus session is resumed only for the same content generation it was started for
+        # (resuming it after a rewrite would splice the old prefix onto the new suffix)
         session: TusSession | None = None
         if rec.upload_token and not fresh:
             try:
-                old = TusSession.from_json(rec.upload_token)
-                if old.length == size:
+                saved = json.loads(rec.upload_token)
+                old = TusSession.from_json(saved["session"])
+                if old.length == size and saved.get("generation") == generation:
                     session = old
-            except ValueError:
+            except (ValueError, KeyError, TypeError):
                 session = None
         if session is not None:
             try:
@@ -414,31 +419,35 @@ class WriteBack:
                 session = None  # expired or gone: start over
         if session is None:
             session = await self.transfer.start_tus(
-                ref,
-                size,
-                if_match=if_match,
-                if_not_exist=if_not_exist,
-                lock_id=lock_id,
-                mtime_ns=mtime_ns,
+                ref, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
             )
-            token = session.to_json()
-            await trio.to_thread.run_sync(lambda: self.store.update_pending(rec.key, upload_token=token))
-        while True:
-            slot = self._slots.get(rec.key)
-            if slot is not None and slot.stop_requested:
-                slot.stop_requested = False
-                raise _Stopped()
-            out = await self.transfer.tus_upload(
-                session, cf.fd, chunk_size=self.chunk_size, max_bytes=self.chunk_size
-            )
-            if isinstance(out, UploadResult):
-                await trio.to_thread.run_sync(lambda: self.store.update_pending(rec.key, upload_token=None))
-                return out
-            session = out
-            progress = session
-            self._slots[rec.key].progress.done = progress.offset if rec.key in self._slots else 0
-            token = session.to_json()
-            await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=token))
+            await self._save_session(rec.key, session, generation)
+        try:
+            while True:
+                slot = self._slots.get(rec.key)
+                if slot is not None and slot.stop_requested:
+                    slot.stop_requested = False
+                    raise _Stopped()
+                out = await self.transfer.tus_upload(
+                    session, cf.fd, chunk_size=self.chunk_size, max_bytes=self.chunk_size
+                )
+                if isinstance(out, UploadResult):
+                    await trio.to_thread.run_sync(
+                        partial(self.store.update_pending, rec.key, upload_token=None)
+                    )
+                    return out
+                session = out
+                if slot is not None:
+                    slot.progress.done = session.offset
+                await self._save_session(rec.key, session, generation)
+        except MeshError:
+            # a session the server refused once (409, 500, expired) is not tried again: start over
+            await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=None))
+            raise
+
+    async def _save_session(self, key: str, session: TusSession, generation: int) -> None:
+        token = json.dumps({"generation": generation, "session": session.to_json()})
+        await trio.to_thread.run_sync(partial(self.store.update_pending, key, upload_token=token))
 
     async def _same_content(self, remote: Resource, cf: CacheFile, size: int) -> bool:
         cs = remote.checksum
