@@ -146,16 +146,51 @@ def mount_factory(reva: Any, tmp_path: Path) -> Iterator[Callable[..., Path]]:
         _umount_all(m)
 
 
+@dataclass
+class SharedMount:
+    """The session's einstein mount; replaced by a fresh one when the daemon died or lost home/."""
+
+    mounter: Mounter
+    path: Path | None = None
+    replaced: list[str] = field(default_factory=list)
+
+    def healthy(self) -> bool:
+        if self.path is None or not is_mounted(self.path):
+            return False
+        try:
+            return (self.path / "home").is_dir()
+        except OSError:
+            return False
+
+    def get(self) -> Path:
+        if self.path is not None and not self.healthy():
+            # a product bug (see /work/notes/mount-findings.md F2/F5) must not cascade into every later
+            # test: say so loudly and carry on with a fresh mount
+            self.replaced.append(f"{self.path}: home/ unusable or daemon gone")
+            print(f"\nshared mount {self.path} unusable (home/ gone or daemon dead): remounting")
+            info = next(i for i in self.mounter.mounts if i.mountpoint == self.path)
+            self.mounter.unmount(info)
+            self.path = None
+        if self.path is None:
+            self.path = self.mounter.mount("einstein")
+        return self.path
+
+
 @pytest.fixture(scope="session")
-def mount(reva: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One einstein mount shared by the session (tests use their own `work` directory inside it)."""
-    if not Path("/dev/fuse").exists():
-        pytest.skip("FUSE unavailable: /dev/fuse is missing")
-    m = Mounter(reva, tmp_path_factory.mktemp("shared-mount"))
+def shared_mount(reva: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedMount]:
+    shared = SharedMount(Mounter(reva, tmp_path_factory.mktemp("shared-mount")))
     try:
-        yield m.mount("einstein")
+        yield shared
     finally:
-        _umount_all(m)
+        _umount_all(shared.mounter)
+        if shared.replaced:
+            print(f"\nthe shared mount had to be replaced {len(shared.replaced)} time(s): {shared.replaced}")
+
+
+@pytest.fixture
+def mount(shared_mount: SharedMount) -> Path:
+    """One einstein mount shared by the session (tests use their own `work` directory inside it)."""
+    return shared_mount.get()
 
 
 def unique_name(request: pytest.FixtureRequest) -> str:

@@ -59,6 +59,18 @@ def test_close_to_open_other_size_and_open_fd_on_b(work: Path, node_b: Path) -> 
     assert (node_b / "f").stat().st_size == len(data)
 
 
+def test_close_to_open_after_b_saw_the_file_empty(work: Path, node_b: Path) -> None:
+    """B has looked at the file while it was empty (stat + read); A's content must show on B's next open."""
+    write(work / "f", b"")
+    sync(work)
+    assert (node_b / "f").stat().st_size == 0
+    assert read(node_b / "f") == b""
+    write(work / "f", b"hello")
+    sync(work)
+    assert read(node_b / "f") == b"hello"
+    assert (node_b / "f").stat().st_size == 5
+
+
 def test_write_on_b_seen_by_a(work: Path, node_b: Path) -> None:
     write(work / "f", b"from A")
     sync(work)
