@@ -30,9 +30,8 @@ from meshfs.errors import (
     PermissionDenied,
 )
 from meshfs.fuse import Session
-from meshfs.vfs.inodes import ROOT, Kind, Node, Virtual
+from meshfs.vfs.inodes import ROOT, Node, Virtual
 from meshfs.vfs.tree import (
-    HOME_INODE,
     PENDING_INODE,
     PROJECTS_INODE,
     SHARED_BY_ME_INODE,
@@ -215,24 +214,12 @@ class ShareCommands:
             raise ShareError(f"{path}: '..' is not allowed in a share path")
         node = self.tree.inodes.get(ROOT)
         assert node is not None
-        if parts and parts[0] == "home" and self.tree.inodes.get(HOME_INODE) is None:
-            await self._revive_home()
         for i, part in enumerate(parts):
             try:
                 node = await self.tree.lookup(node, part)
             except NotFound:
                 raise ShareError(f"{'/'.join(parts[: i + 1])}: no such file or directory") from None
         return node, "/".join(parts)
-
-    async def _revive_home(self) -> None:
-        """The home node can be dropped from the inode table by a kernel FORGET (drop_caches); the
-        root listing then has no home/ (hook H0b). Put it back under its stable inode number."""
-        if self.tree.home_ref is None:
-            return
-        res = await self.tree.storage.stat(self.tree.home_ref)
-        node = self.tree.inodes.node_for(res.id, Kind.DIR, "home", ROOT)
-        node.resource, node.fetched = res, trio.current_time()
-        self.tree.forget_listing(ROOT)
 
     async def _shareable(self, path: str) -> tuple[Node, str]:
         node, rel = await self.resolve_path(path)

@@ -1,6 +1,7 @@
-"""Test-only stand-in for hook H0 of /work/notes/shares-hooks.md until meshfs/vfs carries it: a node
-handed to the kernel again from a cached listing is put back into the inode table (else the next
-OPEN of that inode answers ESTALE). Once `InodeTable.hand_out` exists this adds nothing.
+"""Test-only stand-ins for hooks of /work/notes/shares-hooks.md that meshfs does not carry yet, each
+switching itself off once the real one exists. H0: a node handed to the kernel again from a cached
+listing is put back into the inode table (else the next OPEN answers ESTALE) — off since 9c8ae5f
+(`InodeTable.ensure`). H3a/H3b/H3c/H4 (OCM), only with SHARES_OCM_STANDIN=1: see below.
 
 Loaded by the daemon through MESHFS_FILESYSTEM="hooked:HookedFilesystem" (tests/shares/share_rig.py).
 """
@@ -50,7 +51,8 @@ class _H0Ops(MeshOps):
 class HookedFilesystem(MeshFilesystem):
     async def start(self, nursery: trio.Nursery) -> None:
         await super().start(nursery)
-        if not hasattr(InodeTable, "hand_out") and type(self.operations) is MeshOps:
+        fixed = hasattr(InodeTable, "hand_out") or hasattr(InodeTable, "ensure")  # H0 is in (9c8ae5f)
+        if not fixed and type(self.operations) is MeshOps:
             self.operations.__class__ = _H0Ops
         if os.environ.get("SHARES_OCM_STANDIN") == "1":
             _install_ocm_standins(self)
