@@ -110,6 +110,8 @@ def main() -> None:
             answer = {"ok": False, "errno": errno.errorcode.get(e.code, str(e.code))}
         except OSError as e:
             answer = {"ok": False, "errno": errno.errorcode.get(e.errno or 0, str(e.errno)), "msg": str(e)}
+        except (KeyError, ValueError, IndexError) as e:  # a scripting mistake of the test: say so
+            answer = {"ok": False, "errno": "BADCMD", "msg": repr(e)}
         print(json.dumps(answer), flush=True)
 
 

@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from lockkit import LockProc, Mounter, Node, errno_of, wait_for
+from lockkit import LockProc, Mounter, Node, errno_of, run_meshfs, wait_for
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -223,11 +223,12 @@ def test_close_then_reopen_for_write_on_the_same_node(mounter, area, cs3) -> Non
     assert refused == 0, f"{refused} of 5 reopens for write were refused by our own lock being released"
 
 
-@pytest.mark.parametrize("release", ["unlock", "close"])
+@pytest.mark.parametrize("release", ["unlock", "close", "umount"])
 def test_data_written_under_the_lock_is_visible_to_the_next_holder(mounter, area, procs, release) -> None:  # type: ignore[no-untyped-def]
-    """A locks, writes (no fsync) and lets go (LOCK_UN or close); B, taking the lock next, must read
-    A's data: A's upload has to be on the server before A's CS3 lock is released."""
-    _a, _b, pa, pb, _rel = two_nodes(mounter, area, content=b"version 1\n")
+    """A locks, writes (no fsync) and lets go (LOCK_UN, close, or `meshfs umount` of A with the file
+    still open); B, taking the lock next, must read A's data: A's upload has to be on the server
+    before A's CS3 lock is released."""
+    a, _b, pa, pb, _rel = two_nodes(mounter, area, content=b"version 1\n")
     ha: LockProc = procs()
     hb: LockProc = procs()
     hb.ok("open", "f", pb, "r")
@@ -236,7 +237,13 @@ def test_data_written_under_the_lock_is_visible_to_the_next_holder(mounter, area
     assert ha.ok("write", "f", "version 2, written under the lock")["n"] == 33
     hb.send("flock", "f", "ex", "wait")
     hb.wait_blocked_in_fuse()
-    ha.ok("flock" if release == "unlock" else "close", "f", *(("un", "nb") if release == "unlock" else ()))
+    if release == "unlock":
+        ha.ok("flock", "f", "un", "nb")
+    elif release == "close":
+        ha.ok("close", "f")
+    else:
+        proc = run_meshfs("umount", os.fspath(a.mountpoint), "--timeout", "30", timeout=60)
+        assert proc.returncode == 0, proc.stderr
     got = hb.answer(30)
     assert got["ok"], got
     data = hb.ok("read", "f")["data"]
