@@ -83,7 +83,9 @@ def load_memfs_for_pyfuse3() -> Any:
     return PyFuse3MemFS
 
 
-def serve_pyfuse3(mountpoint: str, fsname: str = "memfs-pyfuse3", ready: Any = None) -> None:
+def serve_pyfuse3(
+    mountpoint: str, fsname: str = "memfs-pyfuse3", ready: Any = None, timeout: float = 1.0
+) -> None:
     """Mount the MemFS with pyfuse3 and serve until unmounted (blocking)."""
     import pyfuse3
     import trio
@@ -92,7 +94,7 @@ def serve_pyfuse3(mountpoint: str, fsname: str = "memfs-pyfuse3", ready: Any = N
     opts = set(pyfuse3.default_options)
     opts.add(f"fsname={fsname}")
     opts.add("subtype=memfs")
-    pyfuse3.init(fs_cls(), mountpoint, opts)
+    pyfuse3.init(fs_cls(timeout=timeout), mountpoint, opts)
 
     async def main() -> None:
         async with trio.open_nursery() as n:

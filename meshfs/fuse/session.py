@@ -232,7 +232,7 @@ class Session:
         self.conn: ConnectionInfo | None = None
         self._fusermount = False
         self._mounted = False
-        self._inflight: dict[int, trio.CancelScope] = {}
+        self._inflight: dict[int, _WorkerState] = {}
         self._free_bufs: list[bytearray] = []
         self._bufsize = MiB + 4096
         self._token: trio.lowlevel.TrioToken | None = None
@@ -575,6 +575,7 @@ class Session:
                 scope = trio.CancelScope()
                 state.scope = scope
                 state.unique = 0
+                state.interrupted = False
                 with scope:
                     if await self._work(state):
                         return
@@ -634,7 +635,7 @@ class Session:
                 if self._reader is me:
                     self._reader = None
                     served += 1
-            if state.scope is not None and state.scope.cancel_called:
+            if state.interrupted:
                 # interrupted, but the handler finished anyway: leave the cancelled scope now,
                 # before anything else could see its cancellation
                 state.unique = 0
@@ -691,10 +692,11 @@ class Session:
 
     def _on_interrupt(self, mv: memoryview) -> None:
         (target,) = abi.INTERRUPT_IN.unpack_from(mv)
-        scope = self._inflight.get(target)
-        if scope is not None:
+        state = self._inflight.get(target)
+        if state is not None and state.scope is not None:
             log.debug("meshfs.fuse: interrupt of request %d", target)
-            scope.cancel()
+            state.interrupted = True
+            state.scope.cancel()
 
     async def _on_init(self, hdr: tuple[int, ...], mv: memoryview) -> None:
         unique = hdr[2]
@@ -1110,6 +1112,7 @@ class _WorkerState:
     buf: bytearray
     scope: trio.CancelScope | None = None
     unique: int = 0
+    interrupted: bool = False
 
 
 class _Tracked:
@@ -1136,8 +1139,8 @@ class _Tracked:
         session = self.session
         unique = self.state.unique
         session._hand_off_reading()
-        if unique and self.state.scope is not None:
-            session._inflight[unique] = self.state.scope
+        if unique:
+            session._inflight[unique] = self.state
         try:
             while True:
                 try:
