@@ -578,17 +578,32 @@ def cmd_umount(ns: argparse.Namespace) -> int:
         failure = control.detach_mount(entry.mountpoint, lazy=True)
         if failure:
             raise Failure(f"cannot detach {entry.mountpoint}: {failure}")
+    deadline = None if ns.timeout is None else time.monotonic() + ns.timeout
     try:
         with control.ControlClient(entry.socket, timeout=10.0) as client:
             client.request("umount")
+            drained = _wait_drained(client, entry, deadline)
     except control.DaemonGone:
-        pass  # exiting already, or died: wait for the pid below either way
-    except control.ControlError as e:
-        raise Failure(f"{entry.mountpoint}: {e}; try: meshfs umount --force {entry.mountpoint}") from None
-    if not _wait_daemon(entry, ns.timeout):
+        drained = None  # exited already (or died): the pid wait below tells
+    except control.ControlTimeout:
         raise Failure(
             f"the daemon of {entry.mountpoint} (pid {entry.pid}) is still draining after {ns.timeout:g} s; "
             f"wait, or: meshfs umount --force {entry.mountpoint}"
+        ) from None
+    except control.ControlError as e:
+        raise Failure(f"{entry.mountpoint}: {e}; try: meshfs umount --force {entry.mountpoint}") from None
+    if drained is False:
+        print(
+            f"{PROG}: warning: {entry.mountpoint}: pending uploads did not all finish; they stay in "
+            f"{entry.cache_dir} and resume at the next mount with that cache dir",
+            file=sys.stderr,
+        )
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    # after the drain the daemon only unmounts; allow it that much even past --timeout
+    if not control.wait_pid_exit(entry.pid, entry.pid_start, None if left is None else left + 30):
+        raise Failure(
+            f"the daemon of {entry.mountpoint} (pid {entry.pid}) did not exit after draining; "
+            f"use: meshfs umount --force {entry.mountpoint}"
         )
     if entry.mountpoint in control.mounted_filesystems():
         raise Failure(
@@ -598,18 +613,26 @@ def cmd_umount(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_daemon(entry: control.MountEntry, timeout: float | None) -> bool:
-    """Wait for the daemon to exit; on a terminal, say so when it takes a while (draining)."""
-    first = 2.0 if timeout is None else min(2.0, timeout)
-    if control.wait_pid_exit(entry.pid, entry.pid_start, first):
-        return True
-    if sys.stderr.isatty():
-        print(
-            f"{PROG}: {entry.mountpoint}: waiting for pending uploads to finish "
-            "(Ctrl-C stops waiting, not the daemon)",
-            file=sys.stderr,
-        )
-    return control.wait_pid_exit(entry.pid, entry.pid_start, None if timeout is None else timeout - first)
+def _wait_drained(
+    client: control.ControlClient, entry: control.MountEntry, deadline: float | None
+) -> bool | None:
+    """Wait for the end of the daemon's drain; on a terminal, say so when it takes a while."""
+    client.send("drained")
+    first = 2.0 if deadline is None else max(0.001, min(2.0, deadline - time.monotonic()))
+    try:
+        answer = client.receive("drained", timeout=first)
+    except control.ControlTimeout:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise
+        if sys.stderr.isatty():
+            print(
+                f"{PROG}: {entry.mountpoint}: waiting for pending uploads to finish "
+                "(Ctrl-C stops waiting, not the daemon)",
+                file=sys.stderr,
+            )
+        rest = None if deadline is None else max(0.001, deadline - time.monotonic())
+        answer = client.receive("drained", timeout=rest)
+    return bool(answer.get("drained")) if isinstance(answer, dict) else None
 
 
 def _umount_force(entry: control.MountEntry, is_mounted: bool) -> int:
@@ -758,6 +781,8 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     try:
         with control.ControlClient(entry.socket, timeout=10.0) as client:
             answer = client.request("sync", path=None if rel == "/" else rel, timeout=ns.timeout)
+    except control.ControlTimeout:
+        raise Failure(f"sync {rel}: uploads still pending after {ns.timeout:g} s") from None
     except control.ControlError as e:
         raise Failure(f"sync {rel}: {e}") from None
     failures = list((answer or {}).get("failures", []))

@@ -22,8 +22,13 @@ Protocol: one JSON object per line each way; any number of requests per connecti
   {"op": "ping"}                                   -> {"ok": true, "result": {"pid": N}}
   {"op": "status"}                                 -> {"ok": true, "result": {...}}
   {"op": "sync", "path": "/home/x" | null}         -> {"ok": true, "result": {"failures": [...]}}
-  {"op": "umount"}                                 -> {"ok": true, "result": {"pid": N}} then the
-                                                      daemon drains, unmounts and exits
+  {"op": "umount", "drain": true}                  -> {"ok": true, "result": {"pid": N}} at once;
+                                                      the daemon then drains (unless drain is
+                                                      false), unmounts and exits
+  {"op": "drained"}                                -> {"ok": true, "result": {"drained": bool}} once
+                                                      the stop's drain is over (false: uploads were
+                                                      left pending in the cache: timeout, failure
+                                                      or skipped)
   {"op": "command", "name": "share", "args": {..}} -> {"ok": true, "result": {...}}
 A failure is {"ok": false, "error": "one line"}.
 """
@@ -52,7 +57,7 @@ PROTOCOL_VERSION: Final = 1
 READY_FD_ENV: Final = "MESHFS_READY_FD"
 """The environment variable naming the readiness pipe from `meshfs mount` to its daemon (see daemon.py)."""
 MAX_LINE: Final = 1 << 20
-OPS: Final = frozenset({"ping", "status", "sync", "umount", "command"})
+OPS: Final = frozenset({"ping", "status", "sync", "umount", "drained", "command"})
 _SUN_PATH_MAX: Final = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 
@@ -62,6 +67,10 @@ class ControlError(Exception):
 
 class DaemonGone(ControlError):
     """The daemon is not there (no socket, refused, or it closed the connection)."""
+
+
+class ControlTimeout(ControlError):
+    """The daemon did not answer within the given time (it may still be working on it)."""
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -516,16 +525,29 @@ class ControlClient:
         """Send one request and return its `result`; a daemon-side failure raises ControlError.
 
         `timeout` (seconds, None = as long as the daemon lives) replaces the connection's for this
-        and later requests; "keep" leaves it as it is.
+        and later requests; "keep" leaves it as it is. Running out of it raises ControlTimeout.
         """
+        self.send(op, **fields)
+        return self.receive(op, timeout=timeout)
+
+    def send(self, op: str, **fields: Any) -> None:
+        try:
+            self._sock.sendall(encode({"op": op, **fields}))
+        except TimeoutError:
+            raise ControlTimeout(f"the meshfs daemon did not take {op!r} in time") from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise DaemonGone("the meshfs daemon closed the connection") from None
+
+    def receive(self, op: str, *, timeout: float | str | None = "keep") -> Any:
+        """The reply to the oldest request not answered yet; after a ControlTimeout it can be
+        called again to keep waiting for the same reply."""
         if not isinstance(timeout, str):
             self._sock.settimeout(timeout)
         try:
-            self._sock.sendall(encode({"op": op, **fields}))
             reply = decode(self._readline())
         except TimeoutError:
-            raise ControlError(f"the meshfs daemon did not answer {op!r} in time") from None
-        except (BrokenPipeError, ConnectionResetError):
+            raise ControlTimeout(f"the meshfs daemon did not answer {op!r} in time") from None
+        except ConnectionResetError:
             raise DaemonGone("the meshfs daemon closed the connection") from None
         if reply.get("ok"):
             return reply.get("result")
@@ -578,9 +600,3 @@ def _poll_pid_exit(pid: int, pid_start: int | None, timeout: float | None) -> bo
             return False
         time.sleep(0.05)
     return True
-
-
-@contextlib.contextmanager
-def suppress_gone() -> Iterator[None]:
-    with contextlib.suppress(DaemonGone):
-        yield

@@ -341,6 +341,8 @@ class Daemon:
         self._started = time.time()
         self._state = "starting"
         self._start_scope: trio.CancelScope | None = None
+        self._drained = trio.Event()
+        self._drain_ok = False
 
     # -------------------------------------------------------------------- public
     def run(self) -> int:
@@ -401,7 +403,9 @@ class Daemon:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             await self._emergency_unmount()
-            failure = _first(exc, (StartupError, MeshError, ConfigError, OSError, trio.TooSlowError))
+            failure = _first(
+                exc, (StartupError, MeshError, ConfigError, control.ControlError, OSError, trio.TooSlowError)
+            )
             if failure is None:
                 log.error("internal error", exc_info=exc)
                 leaf = _leaf(exc)
@@ -465,24 +469,28 @@ class Daemon:
         self._state = "stopping"
         sd_notify("STOPPING=1", f"STATUS=Stopping: {self._stop_reason}")
         log.info("%s: stopping (%s)", plan.mountpoint, self._stop_reason)
+        self._drain_ok = False
         if self._drain and self._fs is not None:
             sd_notify("STATUS=Draining pending uploads")
             with trio.move_on_after(plan.drain_timeout) as scope:
                 self._drain_scope = scope
                 try:
                     await self._fs.drain()
+                    self._drain_ok = True
                 except MeshError as e:
                     log.error(
                         "%s: draining failed: %s; pending uploads stay in the cache", plan.mountpoint, e
                     )
             self._drain_scope = None
-            if scope.cancelled_caught:
+            self._drain_ok = self._drain_ok and not scope.cancelled_caught
+            if scope.cancelled_caught and scope.deadline <= trio.current_time():
                 log.warning(
                     "%s: pending uploads not finished within %g s; they stay in the cache and "
                     "resume at the next mount",
                     plan.mountpoint,
                     plan.drain_timeout,
                 )
+        self._drained.set()
         await self._unmount()
 
     async def _unmount(self) -> None:
@@ -554,6 +562,9 @@ class Daemon:
         if op == "umount":
             self.request_stop("meshfs umount", drain=bool(request.get("drain", True)))
             return {"pid": os.getpid()}
+        if op == "drained":
+            await self._drained.wait()
+            return {"drained": self._drain_ok}
         if op == "command":
             name, args = request.get("name"), request.get("args") or {}
             if not isinstance(name, str) or not isinstance(args, dict):

@@ -10,7 +10,9 @@ behaviour is steered by environment variables and every call is appended to an e
   FAKEFS_START_BLOCK=1       start() waits forever (a server that does not answer)
   FAKEFS_START_SECONDS=S     start() takes S seconds (a slow login / journal replay)
   FAKEFS_DRAIN_SECONDS=S     drain() takes S seconds (pending uploads), on trio's clock
+  FAKEFS_DRAIN_ERROR=TEXT    drain() fails with MeshError(TEXT) (the server went away meanwhile)
   FAKEFS_SYNC_FAILURES=A;B   sync() reports these failures
+  FAKEFS_SYNC_SECONDS=S      sync() takes S seconds
 Must not import: meshfs.vfs, meshfs.cs3 (it replaces them).
 """
 
@@ -146,12 +148,15 @@ class FakeFilesystem:
 
     async def sync(self, path: str | None) -> list[str]:
         event(f"sync {path}")
+        await trio.sleep(float(os.environ.get("FAKEFS_SYNC_SECONDS", "0")))
         failures = os.environ.get("FAKEFS_SYNC_FAILURES")
         return failures.split(";") if failures else []
 
     async def drain(self) -> None:
         event("drain-begin")
         await trio.sleep(float(os.environ.get("FAKEFS_DRAIN_SECONDS", "0")))
+        if error := os.environ.get("FAKEFS_DRAIN_ERROR"):
+            raise MeshError(error, op="drain")
         event("drain-end")
 
     async def command(self, name: str, args: dict[str, object]) -> dict[str, object]:

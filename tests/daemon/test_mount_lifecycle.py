@@ -37,6 +37,7 @@ def _mount(rig: Rig, *extra: str, env: dict[str, str] | None = None) -> dict[str
 def _umount(rig: Rig, *extra: str, mountpoint: Path | None = None) -> None:
     done = rig.meshfs("umount", os.fspath(mountpoint or rig.mountpoint), *extra)
     assert done.returncode == 0, done.stderr
+    assert "--force" in extra or done.stderr == "", done.stderr
 
 
 # ----------------------------------------------------------------------------------- the happy path
@@ -144,6 +145,24 @@ def test_sync_failures_are_listed_with_exit_1(rig: Rig) -> None:
         "meshfs: sync: upload /home/b: conflict",
     ]
     _umount(rig)
+
+
+def test_sync_timeout(rig: Rig) -> None:
+    _mount(rig, env={"FAKEFS_SYNC_SECONDS": "3600"})
+    done = rig.meshfs("sync", os.fspath(rig.mountpoint), "--timeout", "0.5")
+    assert done.returncode == 1
+    assert "uploads still pending after 0.5 s" in one_line(done.stderr)
+    _umount(rig)
+
+
+def test_umount_warns_when_uploads_stay_pending(rig: Rig) -> None:
+    entry = _mount(rig, env={"FAKEFS_DRAIN_ERROR": "server unavailable"})
+    done = rig.meshfs("umount", os.fspath(rig.mountpoint))
+    assert done.returncode == 0, done.stderr  # unmounted; the uploads are not lost, only postponed
+    line = one_line(done.stderr)
+    assert "pending uploads did not all finish" in line and os.fspath(rig.cache_dir) in line
+    assert not pid_alive(int(entry["pid"]))  # type: ignore[call-overload]
+    _assert_nothing_left(rig)
 
 
 def test_mount_helper_form_with_fstab_options(rig: Rig) -> None:
