@@ -418,7 +418,11 @@ class Operations:
     async def release(self, fh: int, flags: int, lock_owner: int, flock_release: bool) -> None:
         """The last reference to the open file `fh` is gone. `flags` are its open flags.
         flock_release: the open file held a flock, which must be released now (lock owner
-        `lock_owner`, the same owner the flock arrived with). The reply is not seen by anyone."""
+        `lock_owner`, the same owner the flock arrived with). The reply is not seen by anyone.
+        OFD locks (F_OFD_SETLK) arrive as fcntl locks whose owner is the open file; the kernel
+        sends no unlock for them when that file is closed (FUSE drops the close-time unlock and
+        FLUSH carries the process's owner), so release here every fcntl lock still held
+        through this `fh` (classic POSIX locks were already released at FLUSH)."""
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         """fsync(2)/fdatasync(2): persist the data (and metadata unless datasync)."""
@@ -450,8 +454,9 @@ class Operations:
     ) -> None:
         """Acquire, convert or release (type F_UNLCK) `lock` for `owner`.
 
-        owner: the kernel's lock owner id (fcntl: the process's files table; flock: the open
-          file). The same owner comes back in flush(lock_owner) / release(lock_owner).
+        owner: the kernel's lock owner id (fcntl: the process's files table; flock and OFD
+          locks: the open file). fcntl owners come back in flush(lock_owner), flock owners in
+          release(lock_owner); OFD locks must be dropped at release(fh) (see there).
         sleep: False -> fail at once with FUSEError(EAGAIN) on conflict (EWOULDBLOCK is the same
           number); True (F_SETLKW / blocking flock) -> wait until it can be granted. A waiting
           handler is cancelled when the process gets a signal (the session answers EINTR);

@@ -211,9 +211,9 @@ def _open_flags(fi: FileInfo) -> int:
             | (abi.FOPEN_NONSEEKABLE if fi.nonseekable else 0) | (abi.FOPEN_NOFLUSH if fi.noflush else 0))
 
 
-#: parses one request (header tuple, payload) -> (coroutine function, its args, keep the buffer?)
+#: parses one request (header tuple, payload) -> (coroutine function, its args)
 _Handler = Callable[..., Awaitable[None]]
-_Parser = Callable[[tuple[int, ...], memoryview], tuple[_Handler, tuple[Any, ...], bool]]
+_Parser = Callable[[tuple[int, ...], memoryview], tuple[_Handler, tuple[Any, ...]]]
 
 
 class Session:
@@ -671,7 +671,7 @@ class Session:
                 self._reply_err(unique, errno.ENOSYS)
             return
         try:
-            fn, args, _keep = parser(hdr, mv)
+            fn, args = parser(hdr, mv)
         except Exception:
             log.exception("meshfs.fuse: cannot parse %s", abi.OPCODE_NAMES.get(opcode, opcode))
             self._reply_err(unique, errno.EIO)
@@ -800,19 +800,19 @@ class Session:
 
         def p_lookup(h: tuple[int, ...], mv: memoryview) -> Any:
             name, _ = _cstr(mv, 0)
-            return S._do_lookup, (h[3], name, _ctx(h)), False
+            return S._do_lookup, (h[3], name, _ctx(h))
 
         def p_forget(h: tuple[int, ...], mv: memoryview) -> Any:
             (nlookup,) = abi.FORGET_IN.unpack_from(mv)
-            return S._do_forget, ([(h[3], nlookup)],), False
+            return S._do_forget, ([(h[3], nlookup)],)
 
         def p_batch_forget(h: tuple[int, ...], mv: memoryview) -> Any:
             count, _ = abi.BATCH_FORGET_IN.unpack_from(mv)
             items = [abi.FORGET_ONE.unpack_from(mv, 8 + 16 * i) for i in range(count)]
-            return S._do_forget, (items,), False
+            return S._do_forget, (items,)
 
         def p_getattr(h: tuple[int, ...], mv: memoryview) -> Any:
-            return S._do_getattr, (h[3], _ctx(h)), False
+            return S._do_getattr, (h[3], _ctx(h))
 
         def p_setattr(h: tuple[int, ...], mv: memoryview) -> Any:
             (valid, _pad, fh, size, _lo, atime, mtime, ctime, atimens, mtimens, ctimens, mode, _u4, uid, gid,
@@ -830,140 +830,140 @@ class Session:
                 update_uid=bool(valid & abi.FATTR_UID), update_gid=bool(valid & abi.FATTR_GID),
                 update_size=bool(valid & abi.FATTR_SIZE), kill_suidgid=bool(valid & abi.FATTR_KILL_SUIDGID),
             )
-            return S._do_setattr, (h[3], attr, fields, fh if valid & abi.FATTR_FH else None, _ctx(h)), False
+            return S._do_setattr, (h[3], attr, fields, fh if valid & abi.FATTR_FH else None, _ctx(h))
 
         def p_readlink(h: tuple[int, ...], mv: memoryview) -> Any:
-            return S._do_readlink, (h[3], _ctx(h)), False
+            return S._do_readlink, (h[3], _ctx(h))
 
         def p_symlink(h: tuple[int, ...], mv: memoryview) -> Any:
             name, off = _cstr(mv, 0)
             target, _ = _cstr(mv, off)
-            return S._do_entry, (ops.symlink, h[3], name, target, _ctx(h)), False
+            return S._do_entry, (ops.symlink, h[3], name, target, _ctx(h))
 
         def p_mknod(h: tuple[int, ...], mv: memoryview) -> Any:
             mode, rdev, umask, _ = abi.MKNOD_IN.unpack_from(mv)
             name, _ = _cstr(mv, abi.MKNOD_IN.size)
-            return S._do_entry, (ops.mknod, h[3], name, mode, rdev, _ctx(h, umask)), False
+            return S._do_entry, (ops.mknod, h[3], name, mode, rdev, _ctx(h, umask))
 
         def p_mkdir(h: tuple[int, ...], mv: memoryview) -> Any:
             mode, umask = abi.MKDIR_IN.unpack_from(mv)
             name, _ = _cstr(mv, abi.MKDIR_IN.size)
-            return S._do_entry, (ops.mkdir, h[3], name, mode | stat.S_IFDIR, _ctx(h, umask)), False
+            return S._do_entry, (ops.mkdir, h[3], name, mode | stat.S_IFDIR, _ctx(h, umask))
 
         def p_unlink(h: tuple[int, ...], mv: memoryview) -> Any:
             name, _ = _cstr(mv, 0)
-            return S._do_none, (ops.unlink, h[3], name, _ctx(h)), False
+            return S._do_none, (ops.unlink, h[3], name, _ctx(h))
 
         def p_rmdir(h: tuple[int, ...], mv: memoryview) -> Any:
             name, _ = _cstr(mv, 0)
-            return S._do_none, (ops.rmdir, h[3], name, _ctx(h)), False
+            return S._do_none, (ops.rmdir, h[3], name, _ctx(h))
 
         def p_rename(h: tuple[int, ...], mv: memoryview) -> Any:
             (newdir,) = abi.RENAME_IN.unpack_from(mv)
             old, off = _cstr(mv, abi.RENAME_IN.size)
             new, _ = _cstr(mv, off)
-            return S._do_none, (ops.rename, h[3], old, newdir, new, 0, _ctx(h)), False
+            return S._do_none, (ops.rename, h[3], old, newdir, new, 0, _ctx(h))
 
         def p_rename2(h: tuple[int, ...], mv: memoryview) -> Any:
             newdir, flags, _ = abi.RENAME2_IN.unpack_from(mv)
             old, off = _cstr(mv, abi.RENAME2_IN.size)
             new, _ = _cstr(mv, off)
-            return S._do_none, (ops.rename, h[3], old, newdir, new, flags, _ctx(h)), False
+            return S._do_none, (ops.rename, h[3], old, newdir, new, flags, _ctx(h))
 
         def p_link(h: tuple[int, ...], mv: memoryview) -> Any:
             (oldnode,) = abi.LINK_IN.unpack_from(mv)
             name, _ = _cstr(mv, abi.LINK_IN.size)
-            return S._do_entry, (ops.link, oldnode, h[3], name, _ctx(h)), False
+            return S._do_entry, (ops.link, oldnode, h[3], name, _ctx(h))
 
         def p_open(h: tuple[int, ...], mv: memoryview) -> Any:
             flags, _ = abi.OPEN_IN.unpack_from(mv)
-            return S._do_open, (h[3], flags, _ctx(h)), False
+            return S._do_open, (h[3], flags, _ctx(h))
 
         def p_read(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, offset, size, _rf, _lo, _fl, _ = abi.READ_IN.unpack_from(mv)
-            return S._do_read, (fh, offset, size), False
+            return S._do_read, (fh, offset, size)
 
         def p_write(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, offset, size, _wf, _lo, _fl, _ = abi.WRITE_IN.unpack_from(mv)
             data = mv[abi.WRITE_IN.size : abi.WRITE_IN.size + size]
-            return S._do_write, (fh, offset, data), True
+            return S._do_write, (fh, offset, data)
 
         def p_statfs(h: tuple[int, ...], mv: memoryview) -> Any:
-            return S._do_statfs, (_ctx(h),), False
+            return S._do_statfs, (_ctx(h),)
 
         def p_release(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, flags, rflags, owner = abi.RELEASE_IN.unpack_from(mv)
-            return S._do_none, (ops.release, fh, flags, owner, bool(rflags & abi.RELEASE_FLOCK_UNLOCK)), False
+            return S._do_none, (ops.release, fh, flags, owner, bool(rflags & abi.RELEASE_FLOCK_UNLOCK))
 
         def p_releasedir(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, _flags, _rflags, _owner = abi.RELEASE_IN.unpack_from(mv)
-            return S._do_none, (ops.releasedir, fh), False
+            return S._do_none, (ops.releasedir, fh)
 
         def p_fsync(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, fflags, _ = abi.FSYNC_IN.unpack_from(mv)
-            return S._do_none, (ops.fsync, fh, bool(fflags & abi.FSYNC_FDATASYNC)), False
+            return S._do_none, (ops.fsync, fh, bool(fflags & abi.FSYNC_FDATASYNC))
 
         def p_fsyncdir(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, fflags, _ = abi.FSYNC_IN.unpack_from(mv)
-            return S._do_none, (ops.fsyncdir, fh, bool(fflags & abi.FSYNC_FDATASYNC)), False
+            return S._do_none, (ops.fsyncdir, fh, bool(fflags & abi.FSYNC_FDATASYNC))
 
         def p_flush(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, _u, _p, owner = abi.FLUSH_IN.unpack_from(mv)
-            return S._do_none, (ops.flush, fh, owner), False
+            return S._do_none, (ops.flush, fh, owner)
 
         def p_setxattr(h: tuple[int, ...], mv: memoryview) -> Any:
             size, flags = abi.SETXATTR_IN.unpack_from(mv)
             name, off = _cstr(mv, abi.SETXATTR_IN.size)
             value = bytes(mv[off : off + size])
-            return S._do_none, (ops.setxattr, h[3], name, value, flags, _ctx(h)), False
+            return S._do_none, (ops.setxattr, h[3], name, value, flags, _ctx(h))
 
         def p_getxattr(h: tuple[int, ...], mv: memoryview) -> Any:
             size, _ = abi.GETXATTR_IN.unpack_from(mv)
             name, _ = _cstr(mv, abi.GETXATTR_IN.size)
-            return S._do_getxattr, (h[3], name, size, _ctx(h)), False
+            return S._do_getxattr, (h[3], name, size, _ctx(h))
 
         def p_listxattr(h: tuple[int, ...], mv: memoryview) -> Any:
             size, _ = abi.GETXATTR_IN.unpack_from(mv)
-            return S._do_listxattr, (h[3], size, _ctx(h)), False
+            return S._do_listxattr, (h[3], size, _ctx(h))
 
         def p_removexattr(h: tuple[int, ...], mv: memoryview) -> Any:
             name, _ = _cstr(mv, 0)
-            return S._do_none, (ops.removexattr, h[3], name, _ctx(h)), False
+            return S._do_none, (ops.removexattr, h[3], name, _ctx(h))
 
         def p_opendir(h: tuple[int, ...], mv: memoryview) -> Any:
-            return S._do_opendir, (h[3], _ctx(h)), False
+            return S._do_opendir, (h[3], _ctx(h))
 
         def p_readdir(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, offset, size, _rf, _lo, _fl, _ = abi.READ_IN.unpack_from(mv)
-            return S._do_readdir, (fh, offset, size, h[1] == abi.READDIRPLUS), False
+            return S._do_readdir, (fh, offset, size, h[1] == abi.READDIRPLUS)
 
         def p_lk(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, owner, start, end, typ, pid, lk_flags, _ = abi.LK_IN.unpack_from(mv)
             lock = Lock(start, end, typ, pid, bool(lk_flags & abi.LK_FLOCK))
             if h[1] == abi.GETLK:
-                return S._do_getlk, (h[3], fh, owner, lock, _ctx(h)), False
-            return S._do_none, (ops.setlk, h[3], fh, owner, lock, h[1] == abi.SETLKW, _ctx(h)), False
+                return S._do_getlk, (h[3], fh, owner, lock, _ctx(h))
+            return S._do_none, (ops.setlk, h[3], fh, owner, lock, h[1] == abi.SETLKW, _ctx(h))
 
         def p_access(h: tuple[int, ...], mv: memoryview) -> Any:
             mask, _ = abi.ACCESS_IN.unpack_from(mv)
-            return S._do_access, (h[3], mask, _ctx(h)), False
+            return S._do_access, (h[3], mask, _ctx(h))
 
         def p_create(h: tuple[int, ...], mv: memoryview) -> Any:
             flags, mode, umask, _ = abi.CREATE_IN.unpack_from(mv)
             name, _ = _cstr(mv, abi.CREATE_IN.size)
-            return S._do_create, (h[3], name, mode, flags, _ctx(h, umask)), False
+            return S._do_create, (h[3], name, mode, flags, _ctx(h, umask))
 
         def p_fallocate(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, offset, length, mode, _ = abi.FALLOCATE_IN.unpack_from(mv)
-            return S._do_none, (ops.fallocate, fh, offset, length, mode), False
+            return S._do_none, (ops.fallocate, fh, offset, length, mode)
 
         def p_lseek(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, offset, whence, _ = abi.LSEEK_IN.unpack_from(mv)
-            return S._do_lseek, (fh, offset, whence), False
+            return S._do_lseek, (fh, offset, whence)
 
         def p_copy_file_range(h: tuple[int, ...], mv: memoryview) -> Any:
             fh_in, off_in, _node_out, fh_out, off_out, length, flags = abi.COPY_FILE_RANGE_IN.unpack_from(mv)
-            return S._do_copy_file_range, (fh_in, off_in, fh_out, off_out, length, flags), False
+            return S._do_copy_file_range, (fh_in, off_in, fh_out, off_out, length, flags)
 
         return {
             abi.LOOKUP: p_lookup, abi.FORGET: p_forget, abi.BATCH_FORGET: p_batch_forget,

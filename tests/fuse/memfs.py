@@ -71,6 +71,7 @@ class HeldLock:
     type: int
     pid: int
     flock: bool
+    fh: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +424,12 @@ class MemFS(Operations):
                                          "flock_release" if flock_release else "ok"))
         if flock_release:
             self._drop_locks(ino, lock_owner, flock=True)
+        # OFD locks (owner = the open file) get no unlock from the kernel at close: drop the
+        # fcntl locks still held through this handle (classic POSIX ones went at FLUSH already)
+        held = self.locks.get(ino)
+        if held and any(h.fh == fh and not h.flock for h in held):
+            self.locks[ino] = [h for h in held if h.flock or h.fh != fh]
+            self._wake()
         node = self.nodes.get(ino)
         if node is not None:
             node.opens -= 1
@@ -469,7 +476,7 @@ class MemFS(Operations):
                 return h
         return None
 
-    def _apply(self, ino: int, owner: int, lock: Lock) -> None:
+    def _apply(self, ino: int, owner: int, lock: Lock, fh: int) -> None:
         held = self.locks.setdefault(ino, [])
         keep: list[HeldLock] = []
         for h in held:
@@ -478,11 +485,11 @@ class MemFS(Operations):
                 continue
             # split the part of our own lock outside the new range (POSIX semantics)
             if h.start < lock.start:
-                keep.append(HeldLock(owner, h.start, lock.start - 1, h.type, h.pid, h.flock))
+                keep.append(HeldLock(owner, h.start, lock.start - 1, h.type, h.pid, h.flock, h.fh))
             if h.end > lock.end:
-                keep.append(HeldLock(owner, lock.end + 1, h.end, h.type, h.pid, h.flock))
+                keep.append(HeldLock(owner, lock.end + 1, h.end, h.type, h.pid, h.flock, h.fh))
         if lock.type != F_UNLCK:
-            keep.append(HeldLock(owner, lock.start, lock.end, lock.type, lock.pid, lock.flock))
+            keep.append(HeldLock(owner, lock.start, lock.end, lock.type, lock.pid, lock.flock, fh))
         self.locks[ino] = keep
         self._wake()
 
@@ -509,7 +516,7 @@ class MemFS(Operations):
             except trio.Cancelled:
                 self.lock_log.append(LockRequest(op, inode, owner, lock, "interrupted"))
                 raise
-        self._apply(inode, owner, lock)
+        self._apply(inode, owner, lock, fh)
         self.lock_log.append(LockRequest(op, inode, owner, lock, "granted"))
 
     # ------------------------------------------------------------------ directories

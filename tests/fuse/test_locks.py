@@ -192,3 +192,29 @@ def test_locks_switched_off_stay_in_the_kernel(tmp_path: Path, procs: list[Proc]
         assert b("flock f ex 0") == "err EAGAIN"
         assert m.call(lambda: [r for r in m.fs.lock_log if r.op != "flush" and r.op != "release"]) == []
         assert F_RDLCK == 0  # the Linux value the ABI relies on
+
+
+def test_ofd_locks_reach_the_fs_and_go_at_last_close(mnt: Mounted) -> None:
+    import fcntl
+    import struct
+
+    f_ofd_setlk = 37
+    wrlck = struct.pack("hh4xqqi4x", F_WRLCK, os.SEEK_SET, 0, 10, 0)
+    f = mnt.path / "f"
+    f.write_bytes(b"x" * 100)
+    fd1 = os.open(f, os.O_RDWR)
+    fd2 = os.open(f, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd1, f_ofd_setlk, wrlck)
+        with pytest.raises(BlockingIOError):
+            fcntl.fcntl(fd2, f_ofd_setlk, wrlck)  # same process, other open file: a conflict
+        assert len(seen(mnt, "setlk", "granted")) == 1 and len(seen(mnt, "setlk", "EAGAIN")) == 1
+        releases = len(seen(mnt, "release", "ok"))
+        os.close(fd1)
+        fd1 = -1
+        wait_for(lambda: len(seen(mnt, "release", "ok")) > releases, what="RELEASE of the first open file")
+        fcntl.fcntl(fd2, f_ofd_setlk, wrlck)  # the fs dropped the OFD lock at RELEASE
+    finally:
+        for fd in (fd1, fd2):
+            if fd >= 0:
+                os.close(fd)
