@@ -82,6 +82,9 @@ def test_umount_uploads_what_was_written(rig: Rig, reva: Any, password_file: Any
     )
     assert done.returncode == 0, done.stderr
     pid = int(rig.entry()["pid"])
+    # the password is in no place another process could read: argv, environment, log
+    for where in ("cmdline", "environ"):
+        assert reva.einstein.password.encode() not in Path(f"/proc/{pid}/{where}").read_bytes()
     try:
         (rig.mountpoint / "home" / name).write_bytes(body)
         # the upload waits 30 s after close; umount must not: it drains first
@@ -89,6 +92,7 @@ def test_umount_uploads_what_was_written(rig: Rig, reva: Any, password_file: Any
         assert done.returncode == 0, done.stderr
         assert not pid_alive(pid) and not mounted(rig.mountpoint)
         assert _webdav(reva, "GET", name) == (200, body)
+        assert reva.einstein.password not in (rig.cache_dir / "daemon.log").read_text()
     finally:
         _webdav(reva, "DELETE", name)
 
