@@ -21,6 +21,7 @@ from wbkit import (  # type: ignore[import-not-found]
     PrivateStack,
     WebDav,
     errno_name,
+    is_mounted,
     make_data_file,
     sha256,
     wait_for,
@@ -128,3 +129,32 @@ def test_server_outage_during_upload(
     assert (d / "uncached.bin").read_bytes() == uncached  # and the mount works again
     assert sha256((d / "big.bin").read_bytes()) == digest
     assert not problems, problems
+
+
+def test_umount_during_outage_keeps_pending_data_for_the_next_mount(
+    private_reva: PrivateStack, private_mounter: Mounter, reva: Any, tmp_path: Path
+) -> None:
+    """`meshfs umount` while the server is away gives up after drain_timeout, and the next mount with
+    the same cache dir uploads what was left once the server is back: nothing is lost."""
+    u = reva.einstein
+    dav = WebDav(private_reva.http_url, u.username, u.password)
+    area = f"wb-drain-{uuid.uuid4().hex[:8]}"
+    dav.mkcol(area)
+    cache = tmp_path / "cache"
+    a = private_mounter.mount("upload_delay=300s", "drain_timeout=3s", *TIMEOUTS, cache_dir=cache)
+    data = os.urandom(5 * MiB)
+    (a.home / area / "pending.bin").write_bytes(data)
+    private_reva.down()
+    try:
+        t0 = time.monotonic()
+        private_mounter.unmount(a)  # what had to be forced is not the point here: the data is
+        took = time.monotonic() - t0
+        assert not is_mounted(a.mountpoint)
+        assert took < 90, f"umount during the outage took {took:.0f} s with drain_timeout=3s"
+    finally:
+        private_reva.up()
+    assert not dav.exists(f"{area}/pending.bin") or dav.get(f"{area}/pending.bin") != data
+    b = private_mounter.mount(*TIMEOUTS, cache_dir=cache)
+    b.sync_ok(timeout=120)
+    assert dav.get(f"{area}/pending.bin") == data
+    assert (b.home / area / "pending.bin").read_bytes() == data
