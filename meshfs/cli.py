@@ -970,6 +970,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         return 1
     c.ok(f"configuration: {loaded.source}")
     _doctor_cache(c, loaded.cache_dir)
+    _doctor_mount_options(c, loaded.config)
     from meshfs.config import ConfigError, check_secret_file
 
     secrets_ok = True
@@ -987,6 +988,32 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     if reachable and secrets_ok:
         _doctor_credentials(c, loaded.config)
     return 1 if c.failed else 0
+
+
+def _doctor_mount_options(c: _Checks, config: Any) -> None:
+    if config.allow_other and os.getuid() != 0:
+        try:
+            fuse_conf = Path("/etc/fuse.conf").read_text()
+        except OSError:
+            fuse_conf = ""
+        if not any(line.strip() == "user_allow_other" for line in fuse_conf.splitlines()):
+            c.fail("allow_other is set but /etc/fuse.conf has no user_allow_other line: add it (as root)")
+    mountpoint = config.mountpoint
+    if mountpoint is None:
+        return
+    point = os.fspath(mountpoint)
+    entry = next((e for e in control.list_entries() if e.mountpoint == point), None)
+    mounted = control.mounted_filesystems().get(point)
+    if entry is not None:
+        c.ok(f"mountpoint {point}: mounted by meshfs (pid {entry.pid})")
+    elif mounted is not None:
+        c.fail(f"mountpoint {point}: already a mountpoint ({mounted.fstype}) with no meshfs daemon of yours")
+    elif not os.path.isdir(point):
+        c.fail(f"mountpoint {point} does not exist or is not a directory (mkdir it)")
+    elif os.listdir(point):
+        c.fail(f"mountpoint {point} is not empty")
+    else:
+        c.ok(f"mountpoint {point}: an empty directory")
 
 
 def _doctor_local(c: _Checks) -> None:

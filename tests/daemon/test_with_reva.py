@@ -128,3 +128,23 @@ def test_doctor_dead_server(rig: Rig) -> None:
     )
     assert done.returncode == 1
     assert "FAIL  server 127.0.0.1:9 is not reachable" in done.stdout
+
+
+def test_doctor_mountpoint(rig: Rig) -> None:
+    base = [
+        "doctor",
+        "cs3://einstein@127.0.0.1:9",
+        "--cache-dir",
+        os.fspath(rig.cache_dir),
+        "-o",
+        "tls=false",
+        "--password-file",
+        os.fspath(rig.password_file),
+    ]
+    done = rig.meshfs(*base, "-o", f"mountpoint={rig.mountpoint}")
+    assert f"ok    mountpoint {rig.mountpoint}: an empty directory" in done.stdout
+    (rig.mountpoint / "x").touch()
+    done = rig.meshfs(*base, "-o", f"mountpoint={rig.mountpoint}")
+    assert f"FAIL  mountpoint {rig.mountpoint} is not empty" in done.stdout and done.returncode == 1
+    done = rig.meshfs(*base, "-o", f"mountpoint={rig.root / 'missing'}")
+    assert "does not exist" in done.stdout
