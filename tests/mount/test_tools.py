@@ -112,14 +112,31 @@ def test_git_clone_onto_the_mount(work: Path, tmp_path: Path, mount_factory: Cal
     assert git("status", "--porcelain", cwd=clone) == ""
     assert git("log", "--format=%s", cwd=clone).split("\n")[:3] == ["on the mount", "later", "import"]
     git("fsck", "--strict", "--full", cwd=clone)
-    git("gc", "-q", cwd=clone)
-    git("fsck", "--strict", cwd=clone)
-    assert git("status", "--porcelain", cwd=clone) == ""
     sync(work)
     other = mount_factory() / "home" / work.name / "clone"
     assert git("status", "--porcelain", cwd=other) == ""
     git("fsck", "--strict", cwd=other)
     assert git("rev-parse", "HEAD", cwd=other) == git("rev-parse", "HEAD", cwd=clone)
+
+
+@pytest.mark.long
+def test_git_gc_repack_on_the_mount(work: Path, tmp_path: Path) -> None:
+    """gc packs objects, renames packs in, deletes loose objects: many renames/unlinks on the mount."""
+    origin = tmp_path / "origin"
+    make_source_tree(origin)
+    git("init", "-q", "-b", "main", cwd=origin)
+    git("add", "-A", cwd=origin)
+    git("commit", "-q", "-m", "import", cwd=origin)
+    clone = work / "clone"
+    git("clone", "-q", "--no-local", os.fspath(origin), os.fspath(clone), cwd=work)
+    for i in range(5):
+        (clone / f"n{i}.txt").write_text(f"{i}\n")
+        git("add", f"n{i}.txt", cwd=clone)
+        git("commit", "-q", "-m", f"n{i}", cwd=clone)
+    git("gc", "-q", "--aggressive", "--prune=now", cwd=clone)
+    git("fsck", "--strict", "--full", cwd=clone)
+    assert git("count-objects", "-v", cwd=clone).splitlines()[0] == "count: 0"
+    assert git("status", "--porcelain", cwd=clone) == ""
 
 
 # --------------------------------------------------------------------------------------- tar, rsync, cp
