@@ -209,6 +209,12 @@ def check_mountpoint(mountpoint: str) -> None:
         raise StartupError(f"the mountpoint {mountpoint}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise StartupError(f"the mountpoint {mountpoint} is not a directory")
+    try:
+        with os.scandir(mountpoint) as it:
+            if any(True for _ in it):
+                raise StartupError(f"the mountpoint {mountpoint} is not empty (its files would be hidden)")
+    except OSError as e:
+        raise StartupError(f"the mountpoint {mountpoint} cannot be listed: {e.strerror}") from None
     if not os.access(mountpoint, os.W_OK | os.X_OK) and os.getuid() != 0:
         raise StartupError(f"the mountpoint {mountpoint} is not writable by you")
 

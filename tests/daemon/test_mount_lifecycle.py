@@ -227,6 +227,22 @@ def test_missing_mountpoint(rig: Rig) -> None:
     _assert_nothing_left(rig)
 
 
+def test_mountpoint_not_empty(rig: Rig) -> None:
+    (rig.mountpoint / "precious.txt").write_text("x")
+    done = rig.meshfs(*rig.mount_args())
+    assert done.returncode == 1
+    assert "is not empty" in one_line(done.stderr)
+    _assert_nothing_left(rig)
+
+
+def test_mountpoint_is_a_file(rig: Rig) -> None:
+    rig.mountpoint.rmdir()
+    rig.mountpoint.write_text("x")
+    done = rig.meshfs(*rig.mount_args())
+    assert done.returncode == 1
+    assert "is not a directory" in one_line(done.stderr)
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_password_file_readable_by_others_is_refused(rig: Rig, mode: int) -> None:
     rig.password_file.chmod(mode)
