@@ -13,6 +13,8 @@ import sqlite3
 import stat
 import subprocess
 import tarfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -321,3 +323,67 @@ def test_sqlite_database(work: Path, mount_factory: Callable[..., Path]) -> None
         assert con.execute("SELECT name FROM t WHERE id = 700").fetchone() == ("row 700!",)
     finally:
         con.close()
+
+
+def test_sqlite_wal_mode(work: Path, mount_factory: Callable[..., Path]) -> None:
+    """WAL mode maps the -shm file shared and takes fcntl locks on it; a checkpoint folds the WAL in."""
+    db = work / "wal.sqlite"
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        assert con.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        for batch in range(5):
+            with con:
+                con.executemany("INSERT INTO t (v) VALUES (?)", [(f"{batch}-{i}",) for i in range(100)])
+        reader = sqlite3.connect(db, timeout=30)
+        try:
+            assert reader.execute("SELECT count(*) FROM t").fetchone() == (500,)
+        finally:
+            reader.close()
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        con.close()
+    assert not (work / "wal.sqlite-wal").exists()
+    sync(work)
+    other = mount_factory() / "home" / work.name / "wal.sqlite"
+    con = sqlite3.connect(f"file:{other}?mode=ro", uri=True, timeout=30)
+    try:
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (500,)
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        con.close()
+
+
+def test_rename_over_never_hides_the_target_from_other_nodes(work: Path, webdav: WebDav) -> None:
+    """POSIX rename is atomic: another reader sees the old or the new file, never none (a job reading its
+    config while an editor saves it). The server is polled directly while the mount saves by rename."""
+    target = f"{work.name}/config.txt"
+    (work / "config.txt").write_text("v0")
+    sync(work)
+    stop = threading.Event()
+    polls = [0]
+    missing: list[float] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            polls[0] += 1
+            if not webdav.exists(target):
+                missing.append(time.monotonic())
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        for v in range(1, 9):
+            tmp = work / f".config.txt.{v}.tmp"
+            tmp.write_text(f"v{v}")
+            sync(work)  # the temp file is on the server: the rename is a server-side replace
+            os.replace(tmp, work / "config.txt")
+            sync(work)
+    finally:
+        stop.set()
+        t.join(30)
+    assert webdav.get(target) == b"v8"
+    assert polls[0] >= 20, f"the poller ran only {polls[0]} times"
+    assert not missing, f"the server had no {target} {len(missing)} times out of {polls[0]} polls"
+    assert os.listdir(work) == ["config.txt"]
