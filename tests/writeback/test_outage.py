@@ -158,3 +158,49 @@ def test_umount_during_outage_keeps_pending_data_for_the_next_mount(
     b.sync_ok(timeout=120)
     assert dav.get(f"{area}/pending.bin") == data
     assert (b.home / area / "pending.bin").read_bytes() == data
+
+
+def _server_bytes(var_dir: Path, since: float) -> int:
+    """The most bytes any tus upload started since `since` holds on the private stack."""
+    best = 0
+    try:
+        for e in os.scandir(var_dir / "data" / "uploads"):
+            if e.name.endswith(".info") and e.stat().st_mtime >= since:
+                try:
+                    best = max(best, os.path.getsize(e.path[: -len(".info")]))
+                except OSError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return best
+
+
+@pytest.mark.parametrize("stop_at", ["half", "last-chunk"])
+def test_server_stopped_at_a_chunk_boundary_then_restarted(
+    private_reva: PrivateStack, private_mounter: Mounter, reva: Any, tmp_path: Path, stop_at: str
+) -> None:
+    """The server goes down while it receives the middle / the last chunk of a tus upload. After the
+    restart `meshfs sync` must only succeed once the server really has the file (an upload whose
+    bytes all arrived but was never finished by the server is not an upload)."""
+    u = reva.einstein
+    dav = WebDav(private_reva.http_url, u.username, u.password)
+    area = f"wb-stop-{uuid.uuid4().hex[:8]}"
+    dav.mkcol(area)
+    size, chunk = 64 * MiB, 16 * MiB
+    original = tmp_path / "original.bin"
+    digest = make_data_file(original, size, seed=64)
+    a = private_mounter.mount("upload_delay=0.2s", "upload_chunk_size=16M", "drain_timeout=300s", *TIMEOUTS)
+    var_dir = Path(private_reva.env_vars["REVA_VAR_DIR"])
+    since = time.time() - 1
+    shutil.copyfile(original, a.home / area / "big.bin")
+    want = size // 2 if stop_at == "half" else size - chunk + 1
+    wait_for(lambda: _server_bytes(var_dir, since) >= want, 60, f"the server to hold {want} bytes")
+    private_reva.down()
+    private_reva.up()
+    a.sync_ok(timeout=240)
+    got = dav.sha256(f"{area}/big.bin")
+    assert got == (digest, size), (
+        f"server stopped at {stop_at}: after a successful sync it has {got[1]} bytes"
+    )
+    assert sorted(dav.names(area)) == ["big.bin"]
+    assert a.status()["fs"]["conflicts"] == []
