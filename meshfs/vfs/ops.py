@@ -648,9 +648,16 @@ class MeshOps(Operations):
         key = str(node.rid)
         pending = self.store.get_pending(key)
         res = fresh
+        shown = node.resource  # what the kernel may have cached (size, mtime)
         if res is None and pending is None:
             # close-to-open consistency: every open asks the server for the current version
             res = await self.tree.stat(node, force=True)
+            if shown is not None and res is not None and res.etag != shown.etag and self.session is not None:
+                # the kernel still believes the old size (a read past it would end at the old EOF):
+                # drop its attributes and pages before this open is answered
+                self.session.invalidate_inode(node.inode)
+                with trio.move_on_after(2):
+                    await self.session.drain_notifications()
         if res is None:
             res = node.resource
         assert res is not None
