@@ -132,7 +132,8 @@ class Mounter:
         pw.chmod(0o600)
         node = Node(mp, cache, user)
         self.nodes.append(node)  # registered first: a half-made mount is cleaned up too
-        opts = ",".join(("tls=false", *options))
+        extra = os.environ.get("MESHFS_LOCKTEST_OPTS", "")  # e.g. log_level=debug while debugging
+        opts = ",".join(("tls=false", *options, *([extra] if extra else [])))
         proc = run_meshfs(
             "mount", f"cs3://{user}@{gateway or self.gateway}", os.fspath(mp),
             "--password-file", os.fspath(pw), "--cache-dir", os.fspath(cache), "-o", opts,

@@ -150,3 +150,36 @@ def test_undecodable_lock_of_another_app_of_the_same_user(shared_file, cs3) -> N
     finally:
         e.call(e.storage.unlock, ref, "wopi-opaque-token-1234", app_name="WOPI")
     assert flock_nb(path) is None
+
+
+def test_meshfs_locks_between_two_users(shared_file, mounter, procs, cs3) -> None:  # type: ignore[no-untyped-def]
+    """einstein's mount and marie's mount (the file shared with her as editor): two users, two nodes."""
+    _a, path, ref = shared_file
+    m = mounter.mount("marie", *OPTS)
+    swm = m.mountpoint / "shared-with-me"
+    found = wait_for(lambda: [p for p in swm.iterdir() if p.name.startswith("notebook")], 30,
+                     "the share in marie's shared-with-me/")  # fmt: skip
+    assert len(found) == 1, found
+    mpath = found[0]
+    assert mpath.read_bytes() == b'{"cells": []}\n'
+    hm: LockProc = procs()
+    hm.ok("open", "f", mpath, "r")
+    hm.ok("flock", "f", "ex", "nb")
+    lock = cs3.einstein.get_lock(ref)
+    assert lock is not None and lock.app_name == "meshfs"
+    assert lock.user is not None and lock.user.opaque_id == cs3.marie.user.id.opaque_id
+    assert flock_nb(path) in ("EWOULDBLOCK", "EAGAIN")
+    assert errno_of(lambda: os.close(os.open(path, os.O_WRONLY))) == "EACCES"
+    assert xattr_lock(path).split(" ")[:2] in (
+        ["user=marie", "app=meshfs"],
+        [f"user={cs3.marie.user.id.opaque_id}", "app=meshfs"],
+    ), xattr_lock(path)
+    hm.ok("close", "f")
+    wait_for(lambda: cs3.einstein.get_lock(ref) is None, 10, "marie's lock to go")
+    he: LockProc = procs()
+    he.ok("open", "f", path, "r")
+    he.ok("flock", "f", "ex", "nb")
+    assert flock_nb(mpath) in ("EWOULDBLOCK", "EAGAIN")
+    assert errno_of(lambda: os.close(os.open(mpath, os.O_WRONLY))) == "EACCES"
+    assert mpath.read_bytes() == b'{"cells": []}\n'
+    he.ok("close", "f")

@@ -34,7 +34,7 @@ def flock_nb(path: Path) -> str | None:
 
 
 def make_file(node: Node, area, name: str, content: bytes = b"v1") -> Path:  # type: ignore[no-untyped-def]
-    path = area.on(node) / name
+    path: Path = area.on(node) / name
     path.write_bytes(content)
     node.sync()
     return path
@@ -55,6 +55,7 @@ def write_errno(proc: LockProc, text: str, fd: str = "f") -> str | None:
     return None if a["ok"] else str(a["errno"])
 
 
+@pytest.mark.long
 def test_kill9_of_the_holder_lock_lapses_after_expiry(mounter: Mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
     a = mounter.mount("einstein", *FAST)
     b = mounter.mount("einstein", *OPTS)
@@ -87,9 +88,9 @@ def test_kill9_of_the_holder_lock_lapses_after_expiry(mounter: Mounter, area, pr
     holder.proc.kill()  # its fd points into the dead mount
 
 
-def test_lock_survives_a_short_gateway_outage(
+def test_lock_survives_a_short_gateway_outage(  # type: ignore[no-untyped-def]
     proxy: PausableProxy, mounter: Mounter, area, procs, cs3
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     a = mounter.mount("einstein", "lock_expiry=10s", "lock_refresh_interval=2s", gateway=proxy.address)
     path = make_file(a, area, "outage.txt")
     ref = cs3.einstein.ref(f"{area.name}/outage.txt")
@@ -173,9 +174,9 @@ def test_lost_lease_force_unlocked_through_cs3_gives_eio(mounter: Mounter, area,
 
 
 @pytest.mark.long
-def test_lease_expired_during_a_long_outage_gives_eio(
+def test_lease_expired_during_a_long_outage_gives_eio(  # type: ignore[no-untyped-def]
     proxy: PausableProxy, mounter: Mounter, area, procs, cs3
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     a = mounter.mount("einstein", *FAST, gateway=proxy.address)
     path = make_file(a, area, "expired.txt")
     ref = cs3.einstein.ref(f"{area.name}/expired.txt")
