@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -100,6 +101,8 @@ class Gateway:
     call_timeout: per-call deadline in seconds. retries: extra attempts on transport errors
     (UNAVAILABLE, DEADLINE_EXCEEDED), with exponential backoff from `backoff` to `backoff_max`.
     refresh_margin: re-authenticate this many seconds before the token's `exp`.
+    unavailable_timeout: when set, an operation stops retrying (and each attempt's deadline is cut)
+    once this many seconds passed since it began: a dead server answers EIO within that bound.
     verify_interval: a NOT_FOUND/PERMISSION_DENIED when no call succeeded for this long first checks
     the token (WhoAmI), since Reva answers an invalid token that way.
 
@@ -122,6 +125,7 @@ class Gateway:
         backoff_max: float = 5.0,
         refresh_margin: float = 60.0,
         verify_interval: float = 10.0,
+        unavailable_timeout: float | None = None,
     ) -> None:
         if rpc_threads < 1:
             raise ValueError(f"rpc_threads must be ≥ 1, got {rpc_threads}")
@@ -140,6 +144,7 @@ class Gateway:
         self.backoff_max = backoff_max
         self.refresh_margin = refresh_margin
         self.verify_interval = verify_interval
+        self.unavailable_timeout = unavailable_timeout
         self._verified_at: float | None = None  # trio time of the last call the token was accepted
         self._token_refresh_wall: float | None = None  # same moment as _token_deadline, wall clock
         self._channel: grpc.Channel | None = None
@@ -436,14 +441,19 @@ class Gateway:
         fn: Callable[..., Any] = getattr(self._stub, method)
         deadline = self.call_timeout if timeout is None else timeout
         metadata = () if token is None else (("x-access-token", token.reveal()),)
+        # the whole operation, retries included, gives up after unavailable_timeout (when set)
+        limit = self.unavailable_timeout
+        give_up_at = math.inf if limit is None else trio.current_time() + limit
+        this_deadline = deadline
 
         def run() -> Any:
             if stream:
-                return list(fn(request, metadata=metadata, timeout=deadline))
-            return fn(request, metadata=metadata, timeout=deadline)
+                return list(fn(request, metadata=metadata, timeout=this_deadline))
+            return fn(request, metadata=metadata, timeout=this_deadline)
 
         attempt = 0
         while True:
+            this_deadline = max(0.5, min(deadline, give_up_at - trio.current_time()))
             try:
                 res = await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
                 return res, attempt > 0
@@ -452,8 +462,8 @@ class Gateway:
                 retry = code is grpc.StatusCode.UNAVAILABLE or (
                     idempotent and code is grpc.StatusCode.DEADLINE_EXCEEDED
                 )
-                if retry and attempt < self.retries:
-                    delay = min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+                delay = min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+                if retry and attempt < self.retries and trio.current_time() + delay + 0.5 < give_up_at:
                     attempt += 1
                     log.debug("%s: %s, retry %d in %.2fs", op, code.name, attempt, delay)
                     await trio.sleep(delay)
@@ -463,7 +473,7 @@ class Gateway:
                 if code is grpc.StatusCode.UNAVAILABLE:
                     msg = f"gateway {self.address} unreachable after {attempt + 1} attempts"
                 elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    cls, msg = Timeout, f"no answer within {deadline:g}s after {attempt + 1} attempts"
+                    cls, msg = Timeout, f"no answer within {this_deadline:g}s after {attempt + 1} attempts"
                 else:
                     msg = _one_line(details or code.name)
                 if token is not None:

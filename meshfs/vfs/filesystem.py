@@ -53,6 +53,7 @@ class MeshFilesystem:
             ca_file=str(config.ca_file) if config.ca_file else None,
             rpc_threads=max(2, config.io_threads),
             call_timeout=config.call_timeout,
+            unavailable_timeout=config.unavailable_timeout,
         )
         self.storage = Storage(self.gateway)
         self.shares = Shares(self.gateway)
