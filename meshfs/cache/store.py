@@ -962,6 +962,10 @@ class CacheStore:
                 open_files=sum(1 for e in self._entries.values() if e.pins),
             )
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether `nbytes` more fit under the limit right now (lock-free snapshot; cheap)."""
+        return self._used + nbytes <= self.limit
+
     def ensure_space(self, nbytes: int) -> bool:
         """Evict clean data until `nbytes` more fit under the limit. True if they fit now; False if
         dirty data (plus the recently read part of open files) leaves no room: a writer then waits
@@ -1589,6 +1593,8 @@ class SpaceWaiter:
         """Wait until `nbytes` fit; DiskFull after `timeout` seconds (math.inf: wait forever)."""
         if nbytes > self._store.limit:
             raise DiskFull(f"cache: {nbytes} bytes can never fit in a cache of {self._store.limit} bytes")
+        if self._store.fits(nbytes):
+            return  # the common case, without a thread hop (a racy read is fine: ensure_space decides)
         deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
         while True:
             event = self._event
