@@ -725,15 +725,15 @@ class MeshOps(Operations):
                 return b""
             size = min(size, file_size - off)
             plan = h.readahead.plan(off, size, file_size)
-            if not cf.covers(off, size):
-                if plan.sequential:
-                    # a sequential reader: start the window in the background, wait only for our part
-                    self._prefetch(h, plan.fetch_off, plan.fetch_len)
-                    await self._fill(h, plan.need_off, plan.need_len)
-                else:
-                    await self._fill(h, plan.fetch_off, plan.fetch_len)
-            elif plan.sequential and plan.fetch_len and not cf.covers(plan.fetch_off, plan.fetch_len):
-                self._prefetch(h, plan.fetch_off, plan.fetch_len)
+            if plan.sequential:
+                # keep a window of data ahead of a sequential reader, fetched in window-sized pieces
+                # (one GET each) as soon as less than half a window is left ahead
+                window = max(plan.fetch_len, h.readahead.window)
+                if not cf.covers(off, size):
+                    await self._fill(h, plan.need_off, min(window, file_size - plan.need_off))
+                self._read_ahead(h, off, window, file_size)
+            elif not cf.covers(off, size):
+                await self._fill(h, plan.fetch_off, plan.fetch_len)
             for _ in range(3):
                 try:
                     data = await trio.to_thread.run_sync(cf.read, off, size, limiter=self.io)
@@ -742,6 +742,13 @@ class MeshOps(Operations):
                 except NotPresent:  # evicted or invalidated between the fill and the read
                     await self._fill(h, off, size)
             raise FUSEError(errno.EIO)
+
+    def _read_ahead(self, h: Handle, off: int, window: int, file_size: int) -> None:
+        end = min(file_size, off + window)
+        missing = h.cache.missing(off, end - off)
+        if missing and missing[0][0] - off <= window // 2:
+            first = missing[0][0]
+            self._prefetch(h, first, min(window, file_size - first))
 
     def _prefetch(self, h: Handle, off: int, length: int) -> None:
         if self.nursery is None or h.prefetching or length <= 0:
