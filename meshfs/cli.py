@@ -581,7 +581,10 @@ def cmd_umount(ns: argparse.Namespace) -> int:
     deadline = None if ns.timeout is None else time.monotonic() + ns.timeout
     try:
         with control.ControlClient(entry.socket, timeout=10.0) as client:
-            client.request("umount")
+            # both requests at once: "drained" must be queued before the daemon can finish stopping
+            client.send("umount")
+            client.send("drained")
+            client.receive("umount")
             drained = _wait_drained(client, entry, deadline)
     except control.DaemonGone:
         drained = None  # exited already (or died): the pid wait below tells
@@ -616,8 +619,7 @@ def cmd_umount(ns: argparse.Namespace) -> int:
 def _wait_drained(
     client: control.ControlClient, entry: control.MountEntry, deadline: float | None
 ) -> bool | None:
-    """Wait for the end of the daemon's drain; on a terminal, say so when it takes a while."""
-    client.send("drained")
+    """Wait for the reply to "drained" (sent already); on a terminal, say so when it takes a while."""
     first = 2.0 if deadline is None else max(0.001, min(2.0, deadline - time.monotonic()))
     try:
         answer = client.receive("drained", timeout=first)
@@ -718,7 +720,7 @@ def _connection_dead(mountpoint: str) -> bool:
             os.statvfs(mountpoint)
             result.append(False)
         except OSError as e:
-            result.append(e.errno == errno.ENOTCONN)
+            result.append(e.errno in (errno.ENOTCONN, errno.ECONNABORTED))
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()

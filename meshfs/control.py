@@ -406,6 +406,17 @@ class ControlServer:
         self.path = path
         self._handler = handler
         self._listener: trio.socket.SocketType | None = None
+        self._busy = 0  # requests being answered (handler running or reply being sent)
+        self._idle: trio.Event | None = None
+
+    async def wait_idle(self) -> None:
+        """Until no request is being answered: the daemon calls it (bounded) before exiting, so
+        that the replies it owes (e.g. to "drained") reach their clients."""
+        import trio
+
+        while self._busy:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     async def bind(self) -> None:
         """Create and listen on the socket (0600); an existing stale socket file is replaced."""
@@ -459,11 +470,16 @@ class ControlServer:
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    reply = await self._answer(line)
+                    self._busy += 1
                     try:
+                        reply = await self._answer(line)
                         await _send_all(conn, encode(reply))
                     except OSError:
                         return
+                    finally:
+                        self._busy -= 1
+                        if not self._busy and self._idle is not None:
+                            self._idle.set()
                 if len(buf) > MAX_LINE:
                     await _send_all(conn, encode({"ok": False, "error": "request too long"}))
                     return

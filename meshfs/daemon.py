@@ -204,7 +204,7 @@ def check_mountpoint(mountpoint: str) -> None:
     except FileNotFoundError:
         raise StartupError(f"the mountpoint {mountpoint} does not exist (create it with mkdir)") from None
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return  # a dead FUSE mount: meshfs.fuse detaches it before mounting
         raise StartupError(f"the mountpoint {mountpoint}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
@@ -349,6 +349,7 @@ class Daemon:
         self._start_scope: trio.CancelScope | None = None
         self._drained = trio.Event()
         self._drain_ok = False
+        self._control: control.ControlServer | None = None
 
     # -------------------------------------------------------------------- public
     def run(self) -> int:
@@ -401,6 +402,9 @@ class Daemon:
                     return self._fail(f"stopped by {self._stop_reason} before the mount was live")
                 await self._stop.wait()
                 await self._shutdown()
+                if self._control is not None:
+                    with trio.move_on_after(2):
+                        await self._control.wait_idle()  # e.g. the reply to "drained"
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
             if entry is not None:
@@ -452,6 +456,7 @@ class Daemon:
         with trio.fail_after(30):
             await self._session_api.wait_initialized(session)
         server = control.ControlServer(socket_path, self._handle)
+        self._control = server
         await server.bind()
         nursery.start_soon(server.serve)
         entry = control.MountEntry(

@@ -358,7 +358,7 @@ def test_umount_lazy_with_a_busy_mount(rig: Rig) -> None:
         # the daemon is gone: the process that kept the file open sees a dead connection
         with pytest.raises(OSError) as exc:
             busy.read()
-        assert exc.value.errno == errno.ENOTCONN
+        assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     finally:
         with contextlib.suppress(OSError):
             busy.close()
@@ -433,7 +433,8 @@ def test_mount_over_the_stale_mount_of_a_killed_daemon(rig: Rig) -> None:
     wait_for(lambda: not pid_alive(pid), 10, "the daemon to die")
     with pytest.raises(OSError) as exc:
         os.listdir(rig.mountpoint)
-    assert exc.value.errno == errno.ENOTCONN
+    # ECONNABORTED: the request was queued when the kernel aborted the connection
+    assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     # no manual cleanup: the new daemon replaces the dead mount
     _mount(rig)
     assert (rig.mountpoint / "hello").exists()
