@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -451,12 +452,32 @@ def run_foreground(loaded: LoadedMount) -> int:
     return d.run()
 
 
+def _cache_dir_in_use(cache_dir: Path) -> bool:
+    """Whether a daemon holds the cache dir's lock (see daemon.CacheDirLock); a peek, not a lock."""
+    try:
+        fd = os.open(cache_dir / "daemon.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def _open_log(path: Path) -> int:
-    """Open the background daemon's log (the previous one kept as .1); fd, or /dev/null's."""
+    """Open the background daemon's log (the previous one kept as .1); fd, or /dev/null's.
+
+    The log of a daemon still running on this cache dir is never rotated away: this mount will be
+    refused, and its one line goes to the same log."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_size > 0:
+            if path.stat().st_size > 0 and not _cache_dir_in_use(path.parent):
                 os.replace(path, path.with_name(path.name + ".1"))
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     except OSError:

@@ -284,6 +284,8 @@ def test_second_daemon_on_the_same_cache_dir_is_refused(rig: Rig) -> None:
     line = one_line(done.stderr)
     assert "in use by another meshfs daemon" in line and f"pid {entry['pid']}" in line
     assert not mounted(other)
+    # the refused attempt did not rotate the running daemon's log away
+    assert "mounted cs3://" in (rig.cache_dir / "daemon.log").read_text()
     # another cache dir is fine: two mounts of the same user behave like two nodes
     done = rig.meshfs(*rig.mount_args(mountpoint=other, cache_dir=rig.root / "cache2"))
     assert done.returncode == 0, done.stderr
