@@ -125,6 +125,23 @@ def test_mount_t_fuse_meshfs_through_mount8(rig: Rig) -> None:
         subprocess.run(["umount", os.fspath(rig.mountpoint)], check=True, timeout=30)
         wait_for(lambda: not pid_alive(pid), 30, "the daemon to exit after umount(8)")
         assert "drain-end" in rig.events()
+
+        # the same through an fstab line (mount --fstab reads another file than /etc/fstab)
+        fstab = rig.root / "fstab"
+        fstab.write_text(f"# test\n{SOURCE}  {rig.mountpoint}  fuse.meshfs  {opts}  0 0\n")
+        done = subprocess.run(
+            ["mount", "--fstab", os.fspath(fstab), os.fspath(rig.mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (rig.mountpoint / "hello").exists()
+        done = rig.meshfs("umount", os.fspath(rig.mountpoint))
+        assert done.returncode == 0, done.stderr
+        assert not mounted(rig.mountpoint)
     finally:
         if target.is_symlink() and os.readlink(target) == os.fspath(HELPER):
             target.unlink()
