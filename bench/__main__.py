@@ -23,7 +23,7 @@ from .dataset import prepare
 from .rows import ROWS, Meter, Params, applies, check_row
 from .server import REPO, REVACTL, Reva, start, stop
 from .sysutil import BenchError, ensure_tools, is_mounted, loadavg, log, run
-from .targets import Target, make_targets
+from .targets import Meshfs, Target, make_targets
 
 ALL_TARGETS = ["meshfs", "rclone", "davfs2", "local", "curl"]
 
@@ -31,7 +31,8 @@ EPILOG = """\
 rows: seq_write (dd return + until durable), seq_read (cold, warm), rand4k / rand256k (fio O_DIRECT,
 cold, warm), ttfb (1-byte O_DIRECT read), meta (create/stat/unlink), ls (ls -l of 1k/10k entries, cold,
 warm via hyperfine), untar (+ git status), sparse (footer + 1 % in 64 KiB pieces, bytes fetched).
-Every (row, round, target) runs on a fresh mount with an empty cache; targets rotate order each round.
+Rounds are the outer loop (a --deadline cut keeps whole rounds of every row); within a round each row
+runs on every target in turn, each on a fresh mount with an empty cache; the target order rotates.
 Times are seconds (median [min–max]); ratios are speed ratios, >1 = meshfs faster.
 """
 
@@ -48,7 +49,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--size-mb", type=int, help="sequential/random file size in MiB (default 2048)")
     ap.add_argument("--sparse-mb", type=int, help="sparse-read file size in MiB (default 4096)")
     ap.add_argument("--nfiles", type=int, help="files for create/stat/unlink (default 10000)")
+    ap.add_argument(
+        "--rand4k-mb", type=int, help="MiB read by the 4 KiB random-read row (default 32, --quick 8)"
+    )
+    ap.add_argument(
+        "--rand256k-mb", type=int, help="MiB read by the 256 KiB random-read row (default 256, quick 64)"
+    )
+    ap.add_argument(
+        "--skip", default="", help="ROW:TARGET pairs not to run, comma-separated (e.g. untar:davfs2)"
+    )
+    ap.add_argument("--deadline", help="UTC HH:MM after which no new round starts (results so far are kept)")
     ap.add_argument("--ls-sizes", default="1000,10000", help="directory sizes for ls -l (default 1000,10000)")
+    ap.add_argument(
+        "--sample-timeout", type=float, default=900, help="seconds one measurement may take (900)"
+    )
     ap.add_argument("--meshfs-opts", default="", help="extra meshfs -o options")
     ap.add_argument("--instance", default="bench", help="revactl instance (default: bench, its own stack)")
     ap.add_argument(
@@ -59,9 +73,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
     ap.add_argument("--label", default="", help="suffix of the result file names")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the meshfs daemon; profiles in bench/results/<run>-profiles/",
+    )
     ap.add_argument("--keep-reva", action="store_true", help="leave the Reva instance running at the end")
     a = ap.parse_args(argv)
-    for name in ("rounds", "size_mb", "sparse_mb", "nfiles"):
+    for name in ("rounds", "size_mb", "sparse_mb", "nfiles", "rand4k_mb", "rand256k_mb"):
         v = getattr(a, name)
         if v is not None and v < 1:
             ap.error(f"--{name.replace('_', '-')} must be ≥ 1")
@@ -75,9 +94,10 @@ def params(a: argparse.Namespace) -> tuple[Params, int]:
         size_mb=size,
         sparse_mb=a.sparse_mb or (1024 if q else 4096),
         nfiles=a.nfiles or (1000 if q else 10000),
-        rand4k_mb=min(size, 8 if q else 32),
-        rand256k_mb=min(size, 64 if q else 256),
+        rand4k_mb=min(size, a.rand4k_mb or (8 if q else 32)),
+        rand256k_mb=min(size, a.rand256k_mb or (64 if q else 256)),
         ls_sizes=tuple(int(x) for x in a.ls_sizes.split(",") if x),
+        timeout=a.sample_timeout,
     )
     return p, a.rounds or (1 if q else 3)
 
@@ -133,6 +153,11 @@ def main(argv: list[str]) -> int:
     for n in names:
         if n not in ALL_TARGETS:
             raise BenchError(f"unknown target {n!r} (one of {', '.join(ALL_TARGETS)})")
+    skip = {tuple(x.split(":", 1)) for x in a.skip.split(",") if x}
+    for pair in skip:
+        if len(pair) != 2 or pair[0] not in ROWS or pair[1] not in ALL_TARGETS:
+            raise BenchError(f"--skip wants ROW:TARGET pairs, got {':'.join(pair)!r}")
+    deadline = _deadline(a.deadline)
     tools = ["fio", "hyperfine", "curl", "git", "fusermount3"]
     tools += ["rclone"]  # also used for the setup upload of the small files
     if "davfs2" in names:
@@ -161,6 +186,7 @@ def main(argv: list[str]) -> int:
         "rows": rows,
         "targets": names,
         "meshfs_opts": a.meshfs_opts,
+        "skip": a.skip,
         "versions": versions(),
         "load_start": loadavg(),
         "command": " ".join(["python -m bench", *argv]),
@@ -170,14 +196,22 @@ def main(argv: list[str]) -> int:
     targets: list[Target] = []
     try:
         prepare(data_root, work, reva, p)
-        targets = make_targets(names, work, reva, data_root / "data", a.meshfs_opts)
-        for row in rows:
-            log(f"row {row} (load {loadavg()})")
-            for rnd in range(rounds):
-                order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
+        profile = base.parent / f"{base.name}-profiles" if a.profile else None
+        targets = make_targets(names, work, reva, data_root / "data", a.meshfs_opts, profile)
+        for rnd in range(rounds):
+            if deadline is not None and time.time() > deadline:
+                log(f"past the deadline {a.deadline} UTC: no more rounds")
+                errors.append({"round": rnd, "error": f"not run: past the deadline {a.deadline} UTC"})
+                break
+            # targets rotate their order every round, so none always runs first (or right after setup)
+            order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
+            for row in rows:
+                log(f"round {rnd + 1}/{rounds}, row {row} (load {loadavg()})")
                 for t in order:
-                    if not applies(row, t):
+                    if not applies(row, t) or (row, t.name) in skip:
                         continue
+                    if isinstance(t, Meshfs):
+                        t.profile_name = f"{row}-r{rnd}"
                     try:
                         t.mount()
                         res = ROWS[row](t, Meter(t, reva), p)
@@ -196,8 +230,8 @@ def main(argv: list[str]) -> int:
                         t.unmount()
                         if t.is_mount:
                             cleanup_server(reva, t)
+                _write(base, meta, samples, errors, p, partial=True)
             reva.purge_trash()
-            _write(base, meta, samples, errors, p, partial=True)
     except KeyboardInterrupt:
         log("interrupted; unmounting")
         errors.append({"error": "interrupted"})
@@ -218,6 +252,18 @@ def main(argv: list[str]) -> int:
     print(base.with_suffix(".md").read_text())
     log(f"results: {base}.json, {base}.md")
     return 1 if errors else 0
+
+
+def _deadline(hhmm: str | None) -> float | None:
+    if not hhmm:
+        return None
+    try:
+        h, m = (int(x) for x in hhmm.split(":"))
+    except ValueError:
+        raise BenchError(f"--deadline wants HH:MM (UTC), got {hhmm!r}") from None
+    now = time.time()
+    day = now - now % 86400
+    return day + h * 3600 + m * 60
 
 
 def _write(

@@ -75,9 +75,12 @@ class Meshfs(Target):
     name = "meshfs"
     kind = "subject"
 
-    def __init__(self, work: Path, reva: Reva, options: str = "") -> None:
+    def __init__(self, work: Path, reva: Reva, options: str = "", profile: Path | None = None) -> None:
         super().__init__(work, reva)
         self.options = options
+        self.profile = profile  # directory for py-spy profiles of the daemon, one per mount
+        self.profile_name = "mount"
+        self._spy: subprocess.Popen[bytes] | None = None
         self.pwfile = self.work / "password"
         self.pwfile.write_text(PASSWORD)
         os.chmod(self.pwfile, 0o600)
@@ -101,6 +104,22 @@ class Meshfs(Target):
         self.mounted = True
         pid = self.status()["pid"]
         self._pid = pid if isinstance(pid, int) else 0
+        if self.profile is not None and self._pid:
+            self._start_spy()
+
+    def _start_spy(self) -> None:
+        """py-spy samples the daemon until it exits (raw collapsed stacks, idle threads left out)."""
+        assert self.profile is not None
+        self.profile.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(VPY).parent / "py-spy")
+        out = self.profile / f"{self.profile_name}.txt"
+        self._spy = subprocess.Popen(
+            [spy, "record", "--nonblocking", "-f", "raw", "-r", "100", "-p", str(self._pid), "-o", str(out)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def status(self) -> dict[str, object]:
         st = json.loads(self._cli("status", "--json", str(self.mp), timeout=30))
@@ -128,6 +147,12 @@ class Meshfs(Target):
         if self._pid:
             wait_until_gone(self._pid, 30)
             kill_pid(self._pid)
+        if self._spy is not None:
+            try:
+                self._spy.wait(timeout=30)  # py-spy writes its file once the daemon is gone
+            except subprocess.TimeoutExpired:
+                kill_pid(self._spy.pid)
+            self._spy = None
         self.mounted = False
         self._pid = 0
 
@@ -341,11 +366,13 @@ class Curl(Target):
         self.mounted = False
 
 
-def make_targets(names: list[str], work: Path, reva: Reva, data: Path, meshfs_opts: str) -> list[Target]:
+def make_targets(
+    names: list[str], work: Path, reva: Reva, data: Path, meshfs_opts: str, profile: Path | None = None
+) -> list[Target]:
     out: list[Target] = []
     for n in names:
         if n == "meshfs":
-            out.append(Meshfs(work, reva, meshfs_opts))
+            out.append(Meshfs(work, reva, meshfs_opts, profile))
         elif n == "rclone":
             out.append(Rclone(work, reva))
         elif n == "davfs2":
