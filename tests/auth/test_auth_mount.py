@@ -184,3 +184,24 @@ def test_a_token_written_after_expiry_recovers_the_mount(mrig: MountRig) -> None
         wait_for(readable, 20, "the mount to use the new token")
     finally:
         webdav(mrig.stack, "DELETE", name)
+
+
+def test_unsafe_rotation_is_refused_and_the_mount_keeps_its_token(mrig: MountRig) -> None:
+    a = mint_token(mrig.stack)
+    token_file = write_secret(mrig.root / "token", a)
+    name = f"auth-unsafe-{uuid.uuid4().hex[:8]}.txt"
+    assert webdav(mrig.stack, "PUT", name, b"still readable\n")[0] in (201, 204)
+    done = mrig.mount("--token-file", os.fspath(token_file), "-o", "attr_ttl=0s,entry_ttl=0s")
+    assert done.returncode == 0, done.stderr
+    try:
+        (entry,) = mrig.entries()
+        cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().decode(errors="replace")
+        assert a not in cmdline
+        b = wait_for(lambda: (t := mint_token(mrig.stack)) != a and t, 10, "a second token")
+        write_secret(token_file, b, mode=0o644, atomic=True)  # a careless agent
+        wait_for(lambda: "accessible by others (mode 0644)" in mrig.log_text, 15, "the refusal in the log")
+        assert time.time() < jwt_exp(a)
+        assert (mrig.home / name).read_bytes() == b"still readable\n"  # served with the old token
+        assert_no_secret_in_log(mrig, a, b)
+    finally:
+        webdav(mrig.stack, "DELETE", name)
