@@ -618,3 +618,70 @@ def test_name_length_limits(work: Path) -> None:
     long_utf8 = "é" * 128  # 256 bytes
     with expect_errno(errno.ENAMETOOLONG):
         os.mkdir(work / long_utf8)
+
+
+def test_names_with_url_and_shell_special_characters(work: Path, mount_factory: Callable[..., Path]) -> None:
+    names = ["100%.txt", "%41%2F", "a#b", "what?", "star*", "co:lon", "back\\slash", " lead", "trail ",
+             "...", "-dash", "semi;colon", "amp&er", "plus+sign", "quote'd", "[brackets]", "{braces}",
+             "~tilde"]  # fmt: skip
+    for n in names:
+        write(work / n, n.encode())
+    assert sorted(os.listdir(work)) == sorted(names)
+    for n in names:
+        assert read(work / n) == n.encode(), n
+    sync(work)
+    other = mount_factory() / "home" / work.name
+    assert sorted(os.listdir(other)) == sorted(names)
+    for n in names:
+        assert read(other / n) == n.encode(), n
+
+
+def test_names_are_case_sensitive(work: Path) -> None:
+    write(work / "README", b"upper")
+    write(work / "readme", b"lower")
+    (work / "Dir").mkdir()
+    (work / "dir").mkdir()
+    assert sorted(os.listdir(work)) == ["Dir", "README", "dir", "readme"]
+    assert read(work / "README") == b"upper"
+    assert read(work / "readme") == b"lower"
+    os.unlink(work / "README")
+    assert read(work / "readme") == b"lower"
+    with expect_errno(errno.ENOENT):
+        os.stat(work / "README")
+
+
+def test_xattrs_on_a_directory(work: Path) -> None:
+    (work / "d").mkdir()
+    os.setxattr(work / "d", "user.tag", b"project-x")
+    assert os.getxattr(work / "d", "user.tag") == b"project-x"
+    assert "user.tag" in os.listxattr(work / "d")
+    os.removexattr(work / "d", "user.tag")
+    with expect_errno(errno.ENODATA):
+        os.getxattr(work / "d", "user.tag")
+
+
+def test_many_entries_in_one_directory(work: Path, mount_factory: Callable[..., Path]) -> None:
+    names = {f"file-{i:04d}" for i in range(400)}
+    for n in names:
+        fd = os.open(work / n, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, n.encode())
+        os.close(fd)
+    assert set(os.listdir(work)) == names
+    sync(work)
+    other = mount_factory() / "home" / work.name
+    entries = {e.name: e.stat().st_size for e in os.scandir(other)}
+    assert entries == {n: len(n) for n in names}
+
+
+def test_unicode_normalization_forms_are_kept_apart(work: Path, mount_factory: Callable[..., Path]) -> None:
+    """Linux names are bytes: NFC "café" and NFD "café" are two files, each listed exactly as created."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    write(work / nfc, b"nfc")
+    write(work / nfd, b"nfd")
+    assert sorted(os.listdir(work)) == sorted([nfc, nfd])
+    assert read(work / nfc) == b"nfc"
+    assert read(work / nfd) == b"nfd"
+    sync(work)
+    other = mount_factory() / "home" / work.name
+    assert sorted(os.listdir(other)) == sorted([nfc, nfd])
+    assert read(other / nfd) == b"nfd"
