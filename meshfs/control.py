@@ -222,6 +222,12 @@ def list_entries(*, clean: bool = True) -> list[MountEntry]:
     """Every live daemon of this user, sorted by mountpoint; stale entries are removed if `clean`."""
     directory = runtime_dir()
     try:
+        st = directory.lstat()
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+            # e.g. /tmp/meshfs-UID made by someone else: its entries could point us anywhere
+            raise ControlError(
+                f"the runtime directory {directory} is not a directory of yours; not trusting it"
+            )
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return []

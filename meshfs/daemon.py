@@ -367,7 +367,7 @@ class Daemon:
             lock.acquire(self.plan.mountpoint, self.plan.source)
             with _chdir_root():
                 return trio.run(self._main)
-        except StartupError as e:
+        except (StartupError, control.ControlError) as e:
             return self._fail(str(e))
         except KeyboardInterrupt:
             return self._fail("interrupted")

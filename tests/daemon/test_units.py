@@ -138,6 +138,8 @@ def test_runtime_dir_of_someone_else_is_refused(runtime: Path) -> None:
     os.chown(runtime, 12345, 12345)
     with pytest.raises(control.ControlError, match="belongs to uid 12345"):
         control.ensure_runtime_dir()
+    with pytest.raises(control.ControlError, match="not a directory of yours"):
+        control.list_entries()
 
 
 def test_socket_path_too_long(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
