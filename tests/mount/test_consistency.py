@@ -192,3 +192,22 @@ def test_dir_mtime_set_after_writing_children_survives_their_upload(
     assert d.stat().st_mtime_ns == stamp
     other = mount_factory() / "home" / work.name / "d"
     assert other.stat().st_mtime_ns == stamp
+
+
+def test_other_users_mount_their_own_home(work: Path, mount_factory: Callable[..., Path]) -> None:
+    write(work / "private", b"einstein only")
+    sync(work)
+    marie = mount_factory("marie")
+    assert (marie / "home").is_dir()
+    assert work.name not in os.listdir(marie / "home")
+    assert not (marie / "home" / work.name).exists()
+    mine = marie / "home" / f"marie-{work.name}"
+    mine.mkdir()
+    try:
+        write(mine / "f", b"marie's")
+        sync(mine)
+        assert read(mine / "f") == b"marie's"
+        assert not (work.parent / mine.name).exists()
+    finally:
+        os.unlink(mine / "f")
+        os.rmdir(mine)

@@ -661,7 +661,7 @@ def test_xattrs_on_a_directory(work: Path) -> None:
 
 
 def test_many_entries_in_one_directory(work: Path, mount_factory: Callable[..., Path]) -> None:
-    names = {f"file-{i:04d}" for i in range(400)}
+    names = {f"file-{i:04d}" for i in range(200)}
     for n in names:
         fd = os.open(work / n, os.O_CREAT | os.O_WRONLY, 0o644)
         os.write(fd, n.encode())
