@@ -176,6 +176,21 @@ def test_mount_helper_form_with_fstab_options(rig: Rig) -> None:
     _umount(rig)
 
 
+def test_mount_from_a_config_file_only(rig: Rig) -> None:
+    config = rig.root / "cernbox.toml"
+    config.write_text(
+        f'source = "{SOURCE}"\nmountpoint = "{rig.mountpoint}"\npassword_file = "{rig.password_file}"\n'
+        f'cache_dir = "{rig.cache_dir}"\ntls = false\n'
+    )
+    done = rig.meshfs("mount", "--config", os.fspath(config))
+    assert done.returncode == 0, done.stderr
+    assert (rig.mountpoint / "hello").exists()
+    _umount(rig)
+    config.write_text(config.read_text() + "cache_size = 'lots'\n")
+    done = rig.meshfs("mount", "--config", os.fspath(config))
+    assert done.returncode == 2 and "cache_size" in one_line(done.stderr)
+
+
 def test_sd_notify_ready_and_stopping(rig: Rig, tmp_path: Path) -> None:
     path = os.fspath(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
