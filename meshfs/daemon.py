@@ -24,6 +24,7 @@ import fcntl
 import importlib
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -46,8 +47,8 @@ log = logging.getLogger("meshfs.daemon")
 LOCK_NAME: Final = "daemon.lock"
 READY_FD_ENV: Final = control.READY_FD_ENV
 DRAIN_TIMEOUT: Final = 900.0
-"""Safety bound of draining at stop when the Config has no drain_timeout (systemd's TimeoutStopSec is
-longer). What is not uploaded by then stays in the cache journal and resumes at the next mount."""
+"""drain_timeout when the Config has none (systemd's TimeoutStopSec is longer). What is not uploaded
+by then stays in the cache journal and resumes at the next mount."""
 FS_FACTORY_ENV: Final = "MESHFS_FILESYSTEM"
 
 
@@ -82,8 +83,15 @@ def plan_from_config(config: Any) -> MountPlan:
         read_only=config.ro,
         allow_other=config.allow_other,
         default_permissions=config.default_permissions,
-        drain_timeout=float(getattr(config, "drain_timeout", DRAIN_TIMEOUT)),
+        drain_timeout=_drain_bound(float(getattr(config, "drain_timeout", DRAIN_TIMEOUT))),
     )
+
+
+def _drain_bound(configured: float) -> float:
+    """The daemon's own bound around MeshFilesystem.drain(): the filesystem applies drain_timeout
+    itself (and logs what it leaves), so allow a margin for releasing locks and closing the cache;
+    drain_timeout = 0 means no bound."""
+    return math.inf if configured <= 0 else configured + 30.0
 
 
 class FilesystemLike(Protocol):

@@ -296,3 +296,20 @@ def test_log_lines_for_journald(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         logging.getLogger("meshfs.x").debug("detail")
     assert (tmp_path / "j").read_text().splitlines() == ["<3>meshfs.x: boom", "<7>meshfs.x: detail"]
     logsetup.setup_logging("info")
+
+
+@pytest.mark.parametrize(("configured", "bound"), [("0", float("inf")), ("10s", 40.0), (None, 930.0)])
+def test_plan_from_config(tmp_path: Path, configured: str | None, bound: float) -> None:
+    from meshfs.config import load_config
+
+    flags = {
+        "source": "cs3://u@h:1",
+        "mountpoint": os.fspath(tmp_path / "m"),
+        "drain_timeout": configured,
+        "ro": True,
+        "allow_other": True,
+    }
+    plan = daemon.plan_from_config(load_config(flags=flags))
+    assert plan.drain_timeout == bound  # the filesystem's own drain_timeout + a margin; 0 = none
+    assert plan.mountpoint == os.fspath(tmp_path / "m") and plan.source == "cs3://u@h:1"
+    assert plan.read_only and plan.allow_other and plan.default_permissions
