@@ -102,21 +102,6 @@ def params(a: argparse.Namespace) -> tuple[Params, int]:
     return p, a.rounds or (1 if q else 3)
 
 
-def nbytes(p: Params) -> dict[str, int]:
-    mb = 1 << 20
-    return {
-        "seq_write.return": p.size_mb * mb,
-        "seq_write.durable": p.size_mb * mb,
-        "seq_read.cold": p.size_mb * mb,
-        "seq_read.warm": p.size_mb * mb,
-        "seq_read.cold_to_disk": p.size_mb * mb,
-        "rand4k.cold": p.rand4k_mb * mb,
-        "rand4k.warm": p.rand4k_mb * mb,
-        "rand256k.cold": p.rand256k_mb * mb,
-        "rand256k.warm": p.rand256k_mb * mb,
-    }
-
-
 def versions() -> dict[str, str]:
     def first(cmd: list[str]) -> str:
         try:
@@ -275,39 +260,12 @@ def _write(
     *,
     partial: bool,
 ) -> None:
-    nb = nbytes(p)
-    gl = report.goals(samples, nb)
-    doc = {
-        "meta": meta,
-        "samples": samples,
-        "errors": errors,
-        "goals": [{"goal": g, "measured": v, "met": ok} for g, v, ok in gl],
-    }
-    base.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    pr = meta["params"]
-    md = [
-        f"# meshfs benchmark {meta['started']}{' (partial)' if partial else ''}",
-        "",
-        f"`{meta['command']}` — {pr['rounds']} round(s), big file {pr['size_mb']} MiB, "
-        f"sparse file {pr['sparse_mb']} MiB, {pr['nfiles']} small files; "
-        f"load average at start {meta['load_start']}, end {meta.get('load_end', '?')}; "
-        f"versions {meta['versions']}.",
-        "",
-        "Seconds, median [min–max] over rounds; every sample on a fresh mount with an empty cache. "
-        "Ratios are speed ratios (peer's time / meshfs's time): > 1 means meshfs is faster. "
-        "CPU = utime+stime of the daemon during the phase.",
-        "",
-        report.table(samples, nb),
-        "",
-        report.extras(samples),
-        "",
-        "## Goals (issues 4, 6, 9)",
-        "",
-        report.goals_md(gl),
+    doc: dict[str, Any] = {"meta": {**meta, "partial": partial}, "samples": samples, "errors": errors}
+    doc["goals"] = [
+        {"goal": g, "measured": v, "met": ok} for g, v, ok in report.goals(samples, report.nbytes(doc))
     ]
-    if errors:
-        md += ["", "## Errors", ""] + [f"- {e}" for e in errors]
-    base.with_suffix(".md").write_text("\n".join(md) + "\n")
+    base.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    base.with_suffix(".md").write_text(report.render_md(doc))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,26 @@
 """Turning samples into the markdown table, the ratios and the goal check of issues 4, 6 and 9.
 
-Owns: medians/ranges, ratios meshfs/peer and meshfs/limit, the goal list.
+Owns: medians/ranges, ratios meshfs/peer and meshfs/limit, the goal list, the markdown page.
+`python -m bench.report RESULT.json` re-renders RESULT.md from the JSON (e.g. after a report change).
 Must not import: meshfs.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 ORDER = ["meshfs", "rclone", "davfs2", "local", "curl"]
+# revad runs the data gateway, the data provider and ocdav in one process, so every byte a client
+# downloads is written to a socket more than once inside it: data gateway path (meshfs, curl) twice
+# (provider -> gateway -> client), WebDAV path (rclone, davfs2) three times (provider -> gateway ->
+# ocdav -> client). Calibrated in the quick run of 25 Nov: davfs2 fetching a whole 1 GiB file made
+# revad write 3221 MB (3.0x); meshfs's own counter 11.4 MB vs revad 23.4 MB (2.05x).
+SERVER_HOPS = {"meshfs": 2, "curl": 2, "rclone": 3, "davfs2": 3}
 METADATA = ("meta.", "ls.")
 
 
@@ -107,7 +117,8 @@ def extras(samples: list[dict[str, Any]]) -> str:
     sp = g.get("sparse.read", {})
     if sp:
         lines.append(
-            "| sparse read | bytes asked | fetched (client's counter) | sent by revad | fetched/asked |"
+            "| sparse read | bytes asked | fetched (client's counter) | fetched (revad socket writes / hops) "
+            "| fetched/asked (server) |"
         )
         lines.append("|---|---|---|---|---|")
         for t in ORDER:
@@ -116,11 +127,14 @@ def extras(samples: list[dict[str, Any]]) -> str:
                 continue
             asked = med(xs, "asked") or 0
             f = med(xs, "fetched")
-            sent = med(xs, "srv_sent") or 0
-            fr = (f if f is not None else sent) / asked if asked else None
+            hops = SERVER_HOPS.get(t)
+            srv = (med(xs, "srv_sent") or 0) / hops if hops else None
+            best = srv if srv is not None else f  # the server is the neutral witness
+            fr = best / asked if asked and best is not None else None
             lines.append(
                 f"| {t} | {asked / 1e6:.1f} MB | {'–' if f is None else f'{f / 1e6:.1f} MB'} | "
-                f"{sent / 1e6:.1f} MB | {'–' if fr is None else f'{fr:.2f}'} |"
+                f"{'–' if srv is None else f'{srv / 1e6:.1f} MB (/{hops})'} | "
+                f"{'–' if fr is None else f'{fr:.2f}'} |"
             )
     for ph in ("meta.create", "meta.stat", "meta.unlink"):
         by = g.get(ph, {})
@@ -221,3 +235,61 @@ def goals_md(gl: list[tuple[str, str, bool | None]]) -> str:
     for goal, val, ok in gl:
         lines.append(f"| {goal} | {val} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
     return "\n".join(lines)
+
+
+def nbytes(doc: dict[str, Any]) -> dict[str, int]:
+    """Bytes moved per phase (for MB/s), from the run's parameters."""
+    p = doc["meta"]["params"]
+    mb = 1 << 20
+    big, r4, r256 = p["size_mb"] * mb, p["rand4k_mb"] * mb, p["rand256k_mb"] * mb
+    out = {f"seq_write.{k}": big for k in ("return", "durable")}
+    out.update({f"seq_read.{k}": big for k in ("cold", "warm", "cold_to_disk")})
+    out.update({"rand4k.cold": r4, "rand4k.warm": r4, "rand256k.cold": r256, "rand256k.warm": r256})
+    return out
+
+
+def render_md(doc: dict[str, Any]) -> str:
+    meta, samples, errors = doc["meta"], doc["samples"], doc["errors"]
+    nb = nbytes(doc)
+    pr = meta["params"]
+    gl = goals(samples, nb)
+    md = [
+        f"# meshfs benchmark {meta['started']}{' (partial)' if meta.get('partial') else ''}",
+        "",
+        f"`{meta['command']}` — {pr['rounds']} round(s), big file {pr['size_mb']} MiB, "
+        f"sparse file {pr['sparse_mb']} MiB, {pr['nfiles']} small files; "
+        f"load average at start {meta['load_start']}, end {meta.get('load_end', '?')}; "
+        f"versions {meta['versions']}.",
+        "",
+        "Seconds, median [min–max] over rounds; every sample on a fresh mount with an empty cache. "
+        "Ratios are speed ratios (peer's time / meshfs's time): > 1 means meshfs is faster. "
+        "CPU = utime+stime of the daemon during the phase.",
+        "",
+        table(samples, nb),
+        "",
+        extras(samples),
+        "",
+        "## Goals (issues 4, 6, 9)",
+        "",
+        goals_md(gl),
+    ]
+    if errors:
+        md += ["", "## Errors", ""] + [f"- {e}" for e in errors]
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or any(not Path(a).is_file() for a in argv):
+        print(
+            "usage: python -m bench.report RESULT.json... (rewrites RESULT.md next to each)", file=sys.stderr
+        )
+        return 2
+    for a in argv:
+        doc = json.loads(Path(a).read_text())
+        Path(a).with_suffix(".md").write_text(render_md(doc))
+        print(Path(a).with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
