@@ -55,9 +55,15 @@ def test_flock_ex_conflicts_across_nodes_and_is_visible(mounter, area, procs, cs
     t0 = time.time()
     holder.ok("flock", "f", "ex", "nb")
 
-    # node B: EWOULDBLOCK for LOCK_EX and LOCK_SH, at once
+    # node B: EWOULDBLOCK for LOCK_EX and LOCK_SH, at once; fcntl locks conflict too (any range)
     assert try_flock(pb, fcntl.LOCK_EX) in ("EWOULDBLOCK", "EAGAIN")
     assert try_flock(pb, fcntl.LOCK_SH) in ("EWOULDBLOCK", "EAGAIN")
+    other: LockProc = procs()
+    other.ok("open", "f", pb, "r")
+    assert other.err("lk", "f", "r", 1 << 30, 1, "nb") in ("EAGAIN", "EACCES")
+    got = other.ok("getlk", "f", "w", 0, 0)
+    assert got["type"] == "w" and got["pid"] == 0, f"F_GETLK on B must report A's lock with pid 0: {got}"
+    other.ok("close", "f")
 
     # the CS3 lock as any other client sees it
     ref = cs3.einstein.ref(rel)
