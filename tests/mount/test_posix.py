@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -685,3 +686,78 @@ def test_unicode_normalization_forms_are_kept_apart(work: Path, mount_factory: C
     other = mount_factory() / "home" / work.name
     assert sorted(os.listdir(other)) == sorted([nfc, nfd])
     assert read(other / nfd) == b"nfd"
+
+
+def test_rm_rf_of_a_directory_with_many_entries(work: Path) -> None:
+    """rm (fts) unlinks while it reads the directory: readdir offsets must survive the deletions."""
+    d = work / "big"
+    d.mkdir()
+    (d / "sub").mkdir()
+    for i in range(150):
+        os.close(os.open(d / f"e{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644))
+        if i % 10 == 0:
+            os.close(os.open(d / "sub" / f"s{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    proc = subprocess.run(["rm", "-rf", os.fspath(d)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(work) == []
+
+
+def test_find_walks_nested_directories(work: Path) -> None:
+    """find must not skip subdirectories (st_nlink of directories must not claim "no subdirs")."""
+    expected = set()
+    for a in ("a", "b"):
+        for b in ("x", "y"):
+            (work / a / b / "deep").mkdir(parents=True)
+            write(work / a / b / "deep" / "f", b"1")
+            expected.add(f"{a}/{b}/deep/f")
+    proc = subprocess.run(
+        ["find", ".", "-type", "f"], cwd=work, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert {line[2:] for line in proc.stdout.split()} == expected
+    for a in ("a", "b"):
+        st = (work / a).stat()
+        assert st.st_nlink in (1, 4), f"a directory with 2 subdirectories reports st_nlink={st.st_nlink}"
+
+
+def test_concurrent_o_append_writers(work: Path) -> None:
+    import threading
+
+    p = work / "log"
+    write(p, b"")
+    lines_per_writer = 200
+
+    def writer(tag: str) -> None:
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+        try:
+            for i in range(lines_per_writer):
+                os.write(fd, f"{tag}{i:05d}\n".encode())
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    lines = read(p).decode().splitlines()
+    assert len(lines) == 2 * lines_per_writer
+    assert sorted(lines) == sorted(f"{t}{i:05d}" for t in "AB" for i in range(lines_per_writer))
+
+
+def test_posix_fallocate_and_touch(work: Path) -> None:
+    p = work / "f"
+    write(p, b"abc")
+    fd = os.open(p, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, 100_000)
+        assert os.fstat(fd).st_size == 100_000
+        assert os.pread(fd, 5, 0) == b"abc\0\0"
+    finally:
+        os.close(fd)
+    old = 1_000_000_000 * 10**9
+    os.utime(p, ns=(old, old))
+    before = time.time_ns()
+    os.utime(p)  # touch: UTIME_NOW
+    assert p.stat().st_mtime_ns >= before - 2 * 10**9
+    subprocess.run(["touch", "-d", "2001-02-03 04:05:06 UTC", os.fspath(p)], check=True, timeout=30)
+    assert p.stat().st_mtime == 981173106
