@@ -61,6 +61,22 @@ def _close(m: Mounter) -> None:
         print(f"\nwriteback mount cleanup had to force: {problems}")
 
 
+def _scrub(tmp: Path) -> None:
+    """Remove the test's big local files (originals, cache data; daemon logs stay for a post-mortem) —
+    only when nothing below is mounted."""
+    prefix = os.fspath(tmp) + "/"
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        if any(line.split()[4].startswith(prefix) for line in f):
+            print(f"\nnot scrubbing {tmp}: something below is still mounted")
+            return
+    for root, _dirs, files in os.walk(tmp):
+        for name in files:
+            p = Path(root) / name
+            with contextlib.suppress(OSError):
+                if name != "daemon.log" and p.is_file() and p.stat().st_size >= 1 << 20:
+                    p.unlink()
+
+
 @pytest.fixture
 def mounter(reva: Any, tmp_path: Path) -> Iterator[Mounter]:
     """Mounts of the shared dev Reva (each with a fresh cache dir unless one is given)."""
@@ -70,6 +86,7 @@ def mounter(reva: Any, tmp_path: Path) -> Iterator[Mounter]:
         yield m
     finally:
         _close(m)
+        _scrub(tmp_path)
 
 
 @pytest.fixture
@@ -83,21 +100,39 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     return f"wb-{base}-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(scope="session")
+def _made_folders(reva: Any) -> Iterator[set[str]]:
+    """Names of the folders this session made on the shared stack; purged from the trash at the end."""
+    names: set[str] = set()
+    try:
+        yield names
+    finally:
+        u = reva.einstein
+        with contextlib.suppress(Exception):
+            WebDav(reva.http_url, u.username, u.password).purge_trash(names)
+
+
 @pytest.fixture
-def area(dav: WebDav, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh folder in einstein's home on the shared stack (its name); removed afterwards."""
+def area(dav: WebDav, request: pytest.FixtureRequest, _made_folders: set[str]) -> Iterator[str]:
+    """A fresh folder in einstein's home on the shared stack (its name); removed afterwards (and from the
+    trash at the end of the session, or right away for tests marked `long`)."""
     name = unique_name(request)
     dav.mkcol(name)
+    _made_folders.add(name)
     try:
         yield name
     finally:
         with contextlib.suppress(Exception):
             dav.delete(name)
+            if request.node.get_closest_marker("long") is not None:
+                dav.purge_trash({name})
+                _made_folders.discard(name)
 
 
 @pytest.fixture(scope="session")
 def private_reva(reva: Any) -> Iterator[PrivateStack]:
-    """Our own Reva (revactl instance `wb`, a free port offset): the tests may stop and restart it.
+    """Our own Reva (revactl instance `wb`, a free port offset): the tests may stop and restart it; it is
+    reset (stopped, var dir wiped) at the end.
 
     Depends on `reva` only so that revad is built; the shared stack is never touched here.
     """
@@ -107,7 +142,7 @@ def private_reva(reva: Any) -> Iterator[PrivateStack]:
         yield stack
     finally:
         with contextlib.suppress(Exception):
-            stack.down()
+            stack.revactl("reset", timeout=60)  # ours: down + wipe its var dir (these tests write GiBs)
 
 
 @pytest.fixture
@@ -121,6 +156,7 @@ def private_mounter(private_reva: PrivateStack, reva: Any, tmp_path: Path) -> It
             with contextlib.suppress(Exception):
                 private_reva.up()  # an unmount drains against a live server, so the test can end
         _close(m)
+        _scrub(tmp_path)
 
 
 def _is_up(stack: PrivateStack) -> bool:

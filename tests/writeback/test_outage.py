@@ -175,7 +175,7 @@ def _server_bytes(var_dir: Path, since: float) -> int:
     return best
 
 
-@pytest.mark.parametrize("stop_at", ["half", "last-chunk"])
+@pytest.mark.parametrize("stop_at", ["last-chunk"])
 def test_server_stopped_at_a_chunk_boundary_then_restarted(
     private_reva: PrivateStack, private_mounter: Mounter, reva: Any, tmp_path: Path, stop_at: str
 ) -> None:

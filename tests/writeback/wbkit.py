@@ -317,6 +317,29 @@ class WebDav:
         with contextlib.suppress(urllib.error.HTTPError), self._open("DELETE", rel):
             pass
 
+    def purge_trash(self, top_names: set[str]) -> int:
+        """Delete for good the trash-bin items whose original location is one of `top_names` (folders
+        this session made and deleted): the dev stack keeps deleted data, and these tests write GiBs."""
+        if not top_names:
+            return 0
+        trash = self.base.replace("/remote.php/dav/files/", "/remote.php/dav/trash-bin/")
+        req = urllib.request.Request(trash, method="PROPFIND", headers={**self.headers, "Depth": "1"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            tree = ET.fromstring(resp.read())
+        origin = urllib.parse.urlparse(trash)
+        n = 0
+        for item in tree.iter("{DAV:}response"):
+            href = item.findtext("{DAV:}href") or ""
+            loc = item.findtext(".//{http://owncloud.org/ns}trashbin-original-location") or ""
+            if loc.strip("/") in top_names:
+                url = f"{origin.scheme}://{origin.netloc}{href}"
+                with contextlib.suppress(urllib.error.HTTPError):
+                    urllib.request.urlopen(
+                        urllib.request.Request(url, method="DELETE", headers=self.headers), timeout=120
+                    ).close()
+                    n += 1
+        return n
+
     def names(self, rel: str) -> list[str]:
         """The entry names of a folder (PROPFIND Depth 1)."""
         with self._open("PROPFIND", rel.rstrip("/") + "/", headers={"Depth": "1"}) as resp:
