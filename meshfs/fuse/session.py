@@ -685,7 +685,8 @@ class Session:
         except _ReplyFailed:
             pass
         except Exception:
-            log.exception("meshfs.fuse: handler %s raised", getattr(fn, "__name__", fn))
+            log.exception("meshfs.fuse: %s (node %d) raised; answering EIO",
+                          abi.OPCODE_NAMES.get(opcode, opcode), hdr[3])
             err = errno.EIO
         if err and opcode != abi.FORGET and opcode != abi.BATCH_FORGET:
             self._reply_err(unique, err)
