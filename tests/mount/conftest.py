@@ -42,6 +42,21 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _daemon_pid(cache_dir: Path) -> int | None:
+    """The pid of a daemon serving `cache_dir` (found in /proc: a mount whose registration failed)."""
+    needle = os.fsencode(os.fspath(cache_dir))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"meshfs" in cmdline and needle in cmdline and b"--foreground" in cmdline:
+            return int(proc.name)
+    return None
+
+
 @dataclass
 class MountInfo:
     mountpoint: Path
@@ -70,6 +85,8 @@ class Mounter:
         pw.write_text(self.reva.user(user).password)
         pw.chmod(0o600)
         opts = ",".join(("tls=false", "drain_timeout=60s", *options))
+        info = MountInfo(mp, cache, user, None)
+        self.mounts.append(info)  # registered first, so a half-made (or timed-out) mount is cleaned up too
         proc = run_meshfs(
             "mount",
             f"cs3://{user}@{gateway or self.reva.gateway}",
@@ -82,8 +99,6 @@ class Mounter:
             opts,
             timeout=90,
         )
-        info = MountInfo(mp, cache, user, None)
-        self.mounts.append(info)  # registered before checking, so a half-made mount is cleaned up too
         if proc.returncode != 0:
             raise AssertionError(f"meshfs mount failed ({proc.returncode}): {proc.stderr.strip()}")
         status = run_meshfs("status", os.fspath(mp), "--json", timeout=30, check=True)
@@ -95,6 +110,8 @@ class Mounter:
     def unmount(self, info: MountInfo) -> list[str]:
         """Unmount one; return what had to be forced (empty when `meshfs umount` did it cleanly)."""
         problems: list[str] = []
+        if info.pid is None:
+            info.pid = _daemon_pid(info.cache_dir)
         if is_mounted(info.mountpoint):
             try:
                 proc = run_meshfs(
