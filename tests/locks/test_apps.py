@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -134,6 +135,35 @@ def test_sqlite_lock_handover_shows_committed_data(mounter, area) -> None:  # ty
         con_b.close()
     got, check = rows(db_a)
     assert check == "ok" and got == {"A": [0, 1, 2], "B": [0, 1, 2]}, (check, got)
+
+
+def test_sqlite_connect_while_the_other_node_is_in_a_transaction(mounter, area) -> None:  # type: ignore[no-untyped-def]
+    """sqlite opens the database read-write whenever it connects, without a lock: a connect on B during
+    A's transaction must give a writable connection whose write waits (busy timeout) for A's commit."""
+    a = mounter.mount("einstein", *OPTS)
+    b = mounter.mount("einstein", *OPTS)
+    db_a, db_b = area.on(a) / "busy.db", area.on(b) / "busy.db"
+    con = sqlite3.connect(db_a)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, seq INTEGER, at REAL)")
+    con.commit()
+    con.close()
+    a.sync()
+    wait_for(lambda: db_b.exists(), 15, "B to see the database")
+    con_a = sqlite3.connect(db_a, timeout=30, isolation_level=None, check_same_thread=False)
+    con_a.execute("BEGIN IMMEDIATE")  # A holds its lock (and the CS3 lease) from here to COMMIT
+    con_a.execute("INSERT INTO t(who, seq, at) VALUES ('A', 0, 0)")
+    # A commits a little later, while B is already connected and waiting in its busy handler
+    timer = threading.Timer(1.5, lambda: con_a.execute("COMMIT"))
+    con_b = sqlite3.connect(db_b, timeout=30, isolation_level=None)
+    try:
+        timer.start()
+        con_b.execute("INSERT INTO t(who, seq, at) VALUES ('B', 0, 0)")
+    finally:
+        timer.join(30)
+        con_b.close()
+        con_a.close()
+    got, check = rows(db_a)
+    assert check == "ok" and got == {"A": [0], "B": [0]}, (check, got)
 
 
 def test_hdf5_file_open_for_writing_on_a_refuses_on_b(mounter, area) -> None:  # type: ignore[no-untyped-def]

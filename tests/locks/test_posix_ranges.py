@@ -103,10 +103,13 @@ def test_flock_released_on_last_close_only(mounter, area, procs: Callable[[], Lo
     # the fcntl and flock worlds are separate on Linux: a POSIX lock by another process is still granted
     other.ok("lk", "f", "r", 0, 1, "nb")
     other.ok("lk", "f", "u", 0, 1, "nb")
-    holder.ok("close", "g")  # last close: the flock goes
-    other.send("flock", "f", "ex", "wait")  # bounded: it must be granted right away
+    other.send("flock", "f", "ex", "wait")  # waits in the daemon for the holder
+    other.wait_blocked_in_fuse()
+    holder.ok("close", "g")  # last close: the flock goes, the waiter gets it
     got = other.answer(10)
     assert got["ok"], got
+    lock = cs3.einstein.get_lock(ref)
+    assert lock is not None and [x["lock_id"] for x in a.locks()] == [lock.lock_id]
     other.ok("close", "f")
     wait_for(lambda: cs3.einstein.get_lock(ref) is None, 10, "the CS3 lock to go after the last close")
     fd = os.open(path, os.O_RDONLY)
