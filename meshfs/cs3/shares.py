@@ -94,6 +94,13 @@ def received_from_pb(rs: Any) -> ReceivedShare:
     )
 
 
+_OCM_STATES = {
+    ShareState.PENDING: ocm_pb.SHARE_STATE_PENDING,
+    ShareState.ACCEPTED: ocm_pb.SHARE_STATE_ACCEPTED,
+    ShareState.REJECTED: ocm_pb.SHARE_STATE_REJECTED,
+}
+
+
 class Shares:
     """Shares by and with the current user, and user lookup."""
 
@@ -169,6 +176,15 @@ class Shares:
         req = user_api.FindUsersRequest(filters=[f], skip_fetching_user_groups=True)
         res = await self.gw.call("FindUsers", req, op="findusers", path=query)
         return [user_from_pb(u) for u in res.users]
+
+    async def update_received_ocm_share(self, share_id: str, state: ShareState) -> None:
+        """Accept (ACCEPTED) or decline (REJECTED) a federated share received from another site."""
+        if state not in _OCM_STATES:
+            raise InvalidArgument(f"cannot set a share to {state.value}", op="updateocmshare", path=share_id)
+        rs = ocm_pb.ReceivedShare(id=ocm_pb.ShareId(opaque_id=share_id), state=_OCM_STATES[state])
+        req = ocm_api.UpdateReceivedOCMShareRequest(share=rs)
+        req.update_mask.paths.append("state")
+        await self.gw.call("UpdateReceivedOCMShare", req, op="updateocmshare", path=share_id)
 
     async def list_received_ocm_shares(self) -> list[OcmReceivedShare]:
         """Federated shares from other sites granted to the current user (empty without OCM)."""

@@ -20,7 +20,7 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from meshfs.cs3 import Kind as RKind
-from meshfs.cs3 import Perm, ReceivedShare, Ref, Resource, Shares, ShareState, Storage
+from meshfs.cs3 import OcmReceivedShare, Perm, ReceivedShare, Ref, Resource, Shares, ShareState, Storage
 from meshfs.errors import NotFound, PermissionDenied, ServerUnavailable
 from meshfs.vfs.inodes import ROOT, InodeTable, Kind, Node, Virtual
 
@@ -85,6 +85,12 @@ class Tree:
         self._shares: TTLCache[str, list[ReceivedShare]] = TTLCache(
             maxsize=4, ttl=share_ttl, timer=trio.current_time
         )
+        self._ocm: TTLCache[str, list[OcmReceivedShare]] = TTLCache(
+            maxsize=2, ttl=share_ttl, timer=trio.current_time
+        )
+        # the name handed out per (virtual dir, share id): an accepted name never changes when
+        # another share of the same name arrives
+        self._share_names: dict[tuple[int, str], str] = {}
         # last known listings, kept past their TTL: what an outage falls back to
         self._known: LRUCache[int, dict[str, Node]] = LRUCache(maxsize=8192)
         self._outage_logged = -1e9
@@ -309,8 +315,18 @@ class Tree:
         self._shares["received"] = shares
         return shares
 
+    async def received_ocm_shares(self, *, force: bool = False) -> list[OcmReceivedShare]:
+        if not force:
+            cached = self._ocm.get("ocm")
+            if cached is not None:
+                return cached
+        shares = await self.shares.list_received_ocm_shares()  # [] on a server without OCM
+        self._ocm["ocm"] = shares
+        return shares
+
     def drop_share_cache(self) -> None:
         self._shares.clear()
+        self._ocm.clear()
         for inode in (ROOT, SHARED_WITH_ME_INODE, PENDING_INODE, SHARED_BY_ME_INODE, PROJECTS_INODE):
             self._listings.pop(inode, None)
 
@@ -326,6 +342,8 @@ class Tree:
             want = ShareState.ACCEPTED if parent.virtual is Virtual.SHARED_WITH_ME else ShareState.PENDING
             shares = [s for s in await self.received_shares() if s.state is want and not s.hidden]
             out = await self._share_entries(parent, shares)
+            fed = [s for s in await self.received_ocm_shares() if s.state is want]
+            out.update(await self._ocm_entries(parent, fed, out))
             if parent.virtual is Virtual.SHARED_WITH_ME:
                 pending = self.inodes.get(PENDING_INODE)
                 assert pending is not None
@@ -360,17 +378,46 @@ class Tree:
         return {}
 
     async def _share_entries(self, parent: Node, shares: Iterable[ReceivedShare]) -> dict[str, Node]:
-        out: dict[str, Node] = {}
+        resolved = []
         for share in sorted(shares, key=lambda s: (s.mtime_ns, s.id)):
             try:
                 res = await self.storage.stat(Ref.to(share.resource_id))
             except (NotFound, PermissionDenied):
                 continue
+            resolved.append((share, res))
+        # names handed out before keep them: place those shares first (stable sort)
+        resolved.sort(key=lambda p: (parent.inode, p[0].id) not in self._share_names)
+        out: dict[str, Node] = {}
+        for share, res in resolved:
             base = share.mount_point.strip("/").rsplit("/", 1)[-1] or res.name
-            name = self._unique(out, base, share.id)
+            name = self._stable_name(parent, share.id, base, out)
             node = self._adopt(parent, res, name)
             node.readonly = not (share.permissions & _WRITE_PERMS)
             node.share_id = share.id
+            out[name] = node
+        return out
+
+    def _stable_name(self, parent: Node, share_id: str, base: str, taken: dict[str, Node]) -> str:
+        name = self._share_names.get((parent.inode, share_id), base)
+        if name in taken:
+            name = self._unique(taken, base, share_id)
+        self._share_names[(parent.inode, share_id)] = name
+        return name
+
+    async def _ocm_entries(
+        self, parent: Node, shares: Iterable[OcmReceivedShare], taken: dict[str, Node]
+    ) -> dict[str, Node]:
+        """Federated shares: Reva's ocmreceived storage mounts each at /ocm/<received share id>."""
+        out: dict[str, Node] = {}
+        for share in sorted(shares, key=lambda s: (s.mtime_ns, s.id)):
+            try:
+                res = await self.storage.stat(Ref(path=f"/ocm/{share.id}"))
+            except (NotFound, PermissionDenied):
+                continue
+            name = self._stable_name(parent, "ocm:" + share.id, share.name or res.name, {**taken, **out})
+            node = self._adopt(parent, res, name)
+            node.readonly = not (res.permissions & _WRITE_PERMS)
+            node.share_id = "ocm:" + share.id  # vfs/shares.py recognises this prefix (OCM_PREFIX)
             out[name] = node
         return out
 

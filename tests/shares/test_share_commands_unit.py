@@ -308,7 +308,6 @@ async def test_run_dispatch_and_argument_errors(rig: Any) -> None:
     assert (await cmds.run("share", {"action": "ls", "path": "home/docs"}))["shares"][0]["role"] == "viewer"
 
 
-@pytest.mark.xfail(strict=True, reason="hook H5: the tree re-assigns collision suffixes by age order")
 async def test_an_accepted_name_never_changes_when_another_share_of_that_name_arrives(rig: Any) -> None:
     cmds, storage, shares, _ = rig
     storage.all["r8"] = res("r8", "data", perms=VIEWER)
