@@ -354,6 +354,7 @@ class PausableProxy:
         self.loop = loop
         self.target = (target_host, target_port)
         self.port = 0
+        self.connections = 0  # accepted so far (a client that reconnects after a pause shows up here)
         self._scope: trio.CancelScope | None = None
         self.resume()
 
@@ -370,6 +371,7 @@ class PausableProxy:
             await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
         try:
             server = await trio.open_tcp_stream(*self.target)
         except OSError:

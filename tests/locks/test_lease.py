@@ -98,6 +98,7 @@ def test_lock_survives_a_short_gateway_outage(  # type: ignore[no-untyped-def]
     hold(holder, path)
     lock = cs3.einstein.get_lock(ref)
     assert lock is not None and lock.expiration is not None
+    before = proxy.connections
     proxy.pause()
     try:
         # the outage itself (not a synchronisation): at least two refresh periods, well below the expiry
@@ -111,6 +112,7 @@ def test_lock_survives_a_short_gateway_outage(  # type: ignore[no-untyped-def]
         lambda: (lk := cs3.einstein.get_lock(ref)) is not None and (lk.expiration or 0) > resumed + 5,
         10, "a successful refresh after the outage",
     )  # fmt: skip
+    assert proxy.connections > before, "the mount never reconnected: the outage did not reach it"
     now = cs3.einstein.get_lock(ref)
     assert now is not None and now.lock_id == lock.lock_id, "the lock must still be ours (same lock id)"
     assert [(x["lock_id"], x["lost"]) for x in a.locks()] == [(lock.lock_id, False)]
