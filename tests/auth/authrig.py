@@ -245,8 +245,10 @@ class MountRig:
         return out
 
     def status_json(self) -> dict[str, Any]:
-        done = self.meshfs("status", "--json")
-        assert done.returncode == 0, done.stderr
+        """`meshfs status --json MOUNTPOINT` (only this rig's mount: on a shared machine the plain
+        command also lists other tests' mounts, dead ones included)."""
+        done = self.meshfs("status", "--json", os.fspath(self.mountpoint))
+        assert done.returncode == 0, done.stdout + done.stderr
         value = json.loads(done.stdout)
         assert isinstance(value, dict)
         return value
