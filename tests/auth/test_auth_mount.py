@@ -109,7 +109,7 @@ def test_bearer_token_file_is_discovered(mrig: MountRig) -> None:
     try:
         round_trip(mrig, name, b"found by $BEARER_TOKEN_FILE\n")
         assert "found by $BEARER_TOKEN_FILE" in mrig.log_text
-        status = mrig.meshfs("status", "--json")
+        status = mrig.meshfs("status", "--json", os.fspath(mrig.mountpoint))
         assert status.returncode == 0 and token not in status.stdout
         (row,) = json.loads(status.stdout)["mounts"]
         auth = row["fs"]["auth"]
