@@ -299,6 +299,8 @@ class Davfs(Target):
         return 0
 
     def pids(self) -> list[int]:
+        if not self._pid and self.mounted:  # mount.davfs writes its pid file a moment after mount returns
+            self._pid = self._find_pid()
         return [self._pid] if self._pid else []
 
     def unmount(self) -> None:
