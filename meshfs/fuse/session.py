@@ -19,7 +19,8 @@ time reads /dev/fuse (non-blocking fd + `trio.lowlevel.wait_readable`, no thread
 reader runs the request's handler inline, so a handler that does not block costs no task switch;
 the moment a handler blocks (awaits something that yields to trio) the reader role passes to an
 idle worker or a new one, so every handler effectively runs as its own task. At most
-`MountOptions.max_tasks` workers exist: when all are blocked, reading pauses until one is free.
+`MountOptions.max_tasks` workers exist, not counting those waiting in SETLKW (their unlock must
+stay readable): when all are blocked, reading pauses until one is free.
 Replies are one `os.writev` each, WRITE payloads are memoryviews into the worker's buffer and
 READ results are written as returned (no copies). INTERRUPT cancels the blocked handler (each
 worker owns one cancel scope, replaced after an interrupt) and answers EINTR.
@@ -96,7 +97,8 @@ class MountOptions:
     readdirplus: negotiate DO_READDIRPLUS + READDIRPLUS_AUTO.
     export_support: FUSE_EXPORT_SUPPORT (lookup of "." and ".." must work).
     auto_inval_data: FUSE_AUTO_INVAL_DATA (drop cached pages when getattr shows a new mtime/size).
-    max_tasks: handlers running at once; the reader waits when all are busy.
+    max_tasks: handlers blocked at once (workers); when all are blocked, reading pauses until one
+      finishes. Handlers waiting for a lock (SETLKW) do not count, so an unlock can always be read.
     unmount_grace: seconds to keep serving after a lazy (busy) unmount before the connection is
       aborted (processes still inside then get ENOTCONN).
     """
@@ -251,6 +253,7 @@ class Session:
         self._reader: object | None = None
         self._idle = 0
         self._workers = 0
+        self._lock_waiters = 0
         self._ops_table = self._build_table()
 
     # ================================================================== mount / unmount
@@ -560,7 +563,8 @@ class Session:
         self._reader = None
         if self._idle:
             self._idle_lot.unpark()
-        elif self._workers < self.options.max_tasks and self._nursery is not None:
+        elif self._workers - self._lock_waiters < self.options.max_tasks and self._nursery is not None:
+            # workers waiting in SETLKW do not count: their unlock must still be readable
             self._workers += 1
             self._nursery.start_soon(self._worker)
         # else: at the limit; the next worker whose handler finishes becomes the reader
@@ -677,6 +681,7 @@ class Session:
             self._reply_err(unique, errno.EIO)
             return
         state.unique = unique
+        state.lock_wait = opcode == abi.SETLKW
         err = 0
         try:
             await _Tracked(self, state, fn(unique, *args))
@@ -1114,6 +1119,7 @@ class _WorkerState:
     scope: trio.CancelScope | None = None
     unique: int = 0
     interrupted: bool = False
+    lock_wait: bool = False
 
 
 class _Tracked:
@@ -1139,6 +1145,9 @@ class _Tracked:
             return e.value
         session = self.session
         unique = self.state.unique
+        lock_wait = self.state.lock_wait
+        if lock_wait:
+            session._lock_waiters += 1
         session._hand_off_reading()
         if unique:
             session._inflight[unique] = self.state
@@ -1154,3 +1163,5 @@ class _Tracked:
             return e.value
         finally:
             session._inflight.pop(unique, None)
+            if lock_wait:
+                session._lock_waiters -= 1
