@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from lockkit import LockProc, Mounter, Node, errno_of, run_meshfs, wait_for
 
+from meshfs.cs3 import Ref
+
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
 OPTS = ("lock_expiry=20s", "lock_refresh_interval=5s")
@@ -254,3 +256,27 @@ def test_data_written_under_the_lock_is_visible_to_the_next_holder(mounter, area
     assert got["ok"], got
     data = hb.ok("read", "f")["data"]
     assert data == "version 2, written under the lock", f"B got the lock but read {data!r}"
+
+
+def test_the_holder_may_modify_its_locked_file(mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
+    """While A holds the lock, A's own metadata writes, truncates and renames carry the lock id and work;
+    B's are refused. The lock follows the renamed file and goes with the last unlock."""
+    a, _b, pa, pb, rel = two_nodes(mounter, area)
+    holder: LockProc = procs()
+    holder.ok("open", "f", pa, "rw")
+    holder.ok("flock", "f", "ex", "nb")
+    rid = cs3.einstein.stat(cs3.einstein.ref(rel)).id
+    os.setxattr(pa, "user.note", b"by the holder")
+    assert errno_of(lambda: os.setxattr(pb, "user.note", b"by B")) == "EACCES"
+    os.truncate(pa, 2)
+    moved = pa.with_name("renamed.txt")
+    os.rename(pa, moved)
+    assert errno_of(lambda: os.rename(pb, pb.with_name("by-b.txt"))) in ("EACCES", "ENOENT")
+    a.sync()
+    res = cs3.einstein.stat(cs3.einstein.ref(f"{area.name}/renamed.txt"))
+    assert res.id == rid and res.size == 2, res
+    assert os.getxattr(moved, "user.note") == b"by the holder"
+    lock = cs3.einstein.get_lock(Ref.to(rid))
+    assert lock is not None and lock.app_name == "meshfs", "the lock must survive the holder's rename"
+    holder.ok("close", "f")
+    wait_for(lambda: cs3.einstein.get_lock(Ref.to(rid)) is None, 10, "the lock to go after the rename")
