@@ -211,3 +211,19 @@ def test_other_users_mount_their_own_home(work: Path, mount_factory: Callable[..
     finally:
         os.unlink(mine / "f")
         os.rmdir(mine)
+
+
+def test_dir_mtime_set_while_a_child_is_open_for_writing(work: Path) -> None:
+    """utimens on a directory must show at once, even while a new child in it is still being written."""
+    d = work / "d"
+    d.mkdir()
+    stamp = 1_819_586_351_331_216_480
+    fd = os.open(d / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"x" * 5000, 0)
+        os.utime(d, ns=(stamp, stamp))
+        assert d.stat().st_mtime_ns == stamp
+        os.pwrite(fd, b"y", 5000)
+    finally:
+        os.close(fd)
+    assert d.stat().st_mtime_ns == stamp
