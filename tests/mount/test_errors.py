@@ -216,3 +216,43 @@ async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recover
             await in_thread(webdav.delete, name)
         except Exception:  # best effort cleanup of the server side
             pass
+
+
+async def test_writes_during_an_outage_are_uploaded_when_the_server_is_back(
+    reva: Any, mount_factory: Callable[..., Path], webdav: WebDav, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Nothing is lost: data written and closed while the gateway is unreachable reaches it afterwards."""
+    host, port = reva.gateway.rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    proxy_port = await nursery.start(proxy.serve)
+    mnt: Path = await in_thread(
+        lambda: mount_factory(
+            "einstein", *OUTAGE_OPTIONS, "upload_delay=0", gateway=f"127.0.0.1:{proxy_port}"
+        )
+    )
+    name = f"mt-outage-write-{tmp_path.name[-12:]}-{os.getpid()}"
+    await in_thread(webdav.mkcol, name)
+    await in_thread(webdav.put, f"{name}/f", b"before the outage")
+    f = mnt / "home" / name / "f"
+    try:
+        assert await in_thread(f.read_bytes) == b"before the outage"
+        fd = await in_thread(os.open, f, os.O_RDWR)
+        proxy.set_mode("reset")
+        try:
+            await in_thread(os.pwrite, fd, b"DURING", 0)
+        finally:
+            await in_thread(os.close, fd)
+        assert await in_thread(f.read_bytes) == b"DURING the outage"
+        proxy.set_mode("forward")
+        done = await in_thread(
+            run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "90", limit=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert await in_thread(webdav.get, f"{name}/f") == b"DURING the outage"
+    finally:
+        proxy.set_mode("forward")
+        await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
+        try:
+            await in_thread(webdav.delete, name)
+        except Exception:  # best effort cleanup of the server side
+            pass
