@@ -98,6 +98,7 @@ class Handle:
     ticket: DownloadTicket | None = None
     prefetching: bool = False
     closed: bool = False
+    lock_owners: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True, eq=False)
@@ -874,6 +875,8 @@ class MeshOps(Operations):
             await self._close_handle(h)  # first: the data is then scheduled, and flushed on unlock
             if flock_release:
                 await self.locks.release_flock(h.node.inode, lock_owner)
+            for owner in h.lock_owners:  # OFD locks; POSIX ones of a process went at its FLUSH
+                await self.locks.release_owner(h.node.inode, owner)
 
     async def _close_handle(self, h: Handle) -> None:
         self._handles.pop(h.fh, None)
@@ -984,6 +987,12 @@ class MeshOps(Operations):
         async with self._op("setlk", node):
             if node.rid is None:
                 raise FUSEError(errno.EINVAL)  # virtual directories cannot be locked
+            if not lock.flock and lock.type != F_UNLCK:
+                # OFD locks (owner = the open file) get no unlock at close: remember the owners
+                # that locked through this handle and drop them at its RELEASE
+                h = self._handles.get(fh)
+                if h is not None:
+                    h.lock_owners.add(owner)
             try:
                 await self.locks.acquire(
                     inode, node.rid, self.tree.path_of(node), owner, lock.start, lock.end, lock.type,
