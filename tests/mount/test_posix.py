@@ -761,3 +761,21 @@ def test_posix_fallocate_and_touch(work: Path) -> None:
     assert p.stat().st_mtime_ns >= before - 2 * 10**9
     subprocess.run(["touch", "-d", "2001-02-03 04:05:06 UTC", os.fspath(p)], check=True, timeout=30)
     assert p.stat().st_mtime == 981173106
+
+
+def test_virtual_directories_refuse_changes_without_losing_data(work: Path, mount: Path) -> None:
+    """The mount root and projects/ are virtual: creating or moving things there fails, nothing is lost."""
+    write(work / "f", b"keep me")
+    refused = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EXDEV)
+    with expect_errno(*refused):
+        os.rename(work / "f", mount / f"{work.name}-f")
+    with expect_errno(*refused):
+        os.open(mount / f"{work.name}-new", os.O_CREAT | os.O_WRONLY, 0o644)
+    with expect_errno(*refused):
+        os.mkdir(mount / f"{work.name}-dir")
+    with expect_errno(*refused):
+        os.rename(work / "f", mount / "projects" / "f")
+    with expect_errno(*refused, errno.EBUSY):
+        os.rmdir(mount / "projects")
+    assert read(work / "f") == b"keep me"
+    assert sorted(os.listdir(mount)) == ["home", "projects", "shared-by-me", "shared-with-me"]
