@@ -88,7 +88,6 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
     last = max(v for t, v in rss[-max(1, len(rss) // 5) :])
     total_ops = sum(r[1] for r in results)
     peak = max(v for _, v in rss)
-    print(
-        f"soak: {total_ops} ops in {seconds:.0f}s; daemon RSS {first} KiB early, {last} KiB late, peak {peak} KiB"
-    )
+    rss_text = f"daemon RSS {first} KiB early, {last} KiB late, peak {peak} KiB"
+    print(f"soak: {total_ops} ops in {seconds:.0f}s; {rss_text}")
     assert last < first * 1.5 + 50_000, f"daemon RSS grew from {first} KiB to {last} KiB"
