@@ -779,3 +779,25 @@ def test_virtual_directories_refuse_changes_without_losing_data(work: Path, moun
         os.rmdir(mount / "projects")
     assert read(work / "f") == b"keep me"
     assert sorted(os.listdir(mount)) == ["home", "projects", "shared-by-me", "shared-with-me"]
+
+
+def test_inode_numbers_unique_stable_and_matching_readdir(work: Path) -> None:
+    """tar/du/find detect hard links by (st_dev, st_ino): distinct files need distinct numbers."""
+    (work / "d").mkdir()
+    for i in range(40):
+        write(work / ("d" if i % 2 else ".") / f"f{i}", b"x")
+    stats = {}
+    for dirpath, dirnames, filenames in os.walk(work):
+        for n in [*dirnames, *filenames]:
+            stats[os.path.join(dirpath, n)] = os.stat(os.path.join(dirpath, n)).st_ino
+    assert len(set(stats.values())) == len(stats), "two entries share an inode number"
+    for e in os.scandir(work / "d"):
+        assert e.inode() == e.stat().st_ino, e.name
+    ino = (work / "f0").stat().st_ino
+    os.rename(work / "f0", work / "d" / "moved")
+    assert (work / "d" / "moved").stat().st_ino == ino
+    fd = os.open(work / "d" / "moved", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_ino == ino
+    finally:
+        os.close(fd)
