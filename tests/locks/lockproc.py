@@ -6,6 +6,7 @@ separate POSIX lock owner). Commands (fd NAMEs are free-form labels):
   close NAME | dup NAME NEW  -> {"ok": true}
   flock NAME ex|sh|un nb|wait        (libc flock: a signal makes it return EINTR instead of retrying)
   lk NAME r|w|u START LEN nb|wait    (fcntl F_SETLK / F_SETLKW)
+  ofd NAME r|w|u START LEN nb|wait   (fcntl F_OFD_SETLK / F_OFD_SETLKW)
   getlk NAME r|w START LEN   -> {"ok": true, "type": "r|w|u", "start": S, "len": L, "pid": P}
   write NAME TEXT (the rest of the line, no newline) | fsync NAME | read NAME
   pid                        -> {"ok": true, "pid": P}
@@ -33,6 +34,7 @@ OPEN_MODES = {
     "rw": os.O_RDWR | os.O_CREAT,
     "wt": os.O_WRONLY | os.O_TRUNC,
 }
+F_OFD_SETLK, F_OFD_SETLKW = 37, 38  # <fcntl.h> on Linux
 FLOCK_OPS = {"ex": fcntl.LOCK_EX, "sh": fcntl.LOCK_SH, "un": fcntl.LOCK_UN}
 
 
@@ -76,6 +78,10 @@ def run(cmd: list[str], fds: dict[str, int]) -> dict[str, object]:
         return {}
     if op == "lk":
         setcmd = fcntl.F_SETLK if cmd[5] == "nb" else fcntl.F_SETLKW
+        _fcntl_lock(fd, setcmd, TYPES[cmd[2]], int(cmd[3]), int(cmd[4]))
+        return {}
+    if op == "ofd":  # open-file-description locks: owned by the open file, not the process
+        setcmd = F_OFD_SETLK if cmd[5] == "nb" else F_OFD_SETLKW
         _fcntl_lock(fd, setcmd, TYPES[cmd[2]], int(cmd[3]), int(cmd[4]))
         return {}
     if op == "getlk":

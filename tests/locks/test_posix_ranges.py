@@ -117,3 +117,30 @@ def test_flock_released_on_last_close_only(mounter, area, procs: Callable[[], Lo
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_ofd_locks_belong_to_the_open_file(mounter, area, procs: Callable[[], LockProc], cs3) -> None:  # type: ignore[no-untyped-def]
+    """F_OFD_SETLK: two open files of ONE process conflict; closing another fd of the process does not
+    drop the lock (unlike POSIX locks); the last close of that open file does, and the lease goes."""
+    a = mounter.mount("einstein", *OPTS)
+    path = area.on(a) / "ofd.bin"
+    path.write_bytes(bytes(64))
+    a.sync()
+    ref = cs3.einstein.ref(f"{area.name}/ofd.bin")
+    p = procs()
+    p.ok("open", "x", path, "rw")
+    p.ok("open", "y", path, "rw")
+    p.ok("ofd", "x", "w", 0, 10, "nb")
+    assert p.err("ofd", "y", "w", 5, 10, "nb") in ("EAGAIN", "EACCES"), "OFD locks of two open files conflict"
+    p.ok("ofd", "y", "w", 10, 10, "nb")  # disjoint: fine
+    assert cs3.einstein.get_lock(ref) is not None
+    p.ok("open", "z", path, "r")
+    p.ok("close", "z")  # a POSIX lock of p would go here; OFD locks stay
+    assert p.err("ofd", "y", "w", 0, 1, "nb") in ("EAGAIN", "EACCES")
+    p.ok("dup", "x", "x2")
+    p.ok("close", "x")  # the open file lives on in x2
+    assert p.err("ofd", "y", "w", 0, 1, "nb") in ("EAGAIN", "EACCES")
+    p.ok("close", "x2")  # last close of the open file: its OFD locks go
+    p.ok("ofd", "y", "w", 0, 10, "nb")
+    p.ok("close", "y")
+    wait_for(lambda: cs3.einstein.get_lock(ref) is None, 10, "the lease to go with the last OFD lock")
