@@ -147,17 +147,21 @@ def test_blocking_flock_on_b_returns_promptly_after_a_unlocks(mounter, area, pro
     wait_for(lambda: cs3.einstein.get_lock(cs3.einstein.ref(rel)) is None, 10, "release on last close")
 
 
-def test_sigint_ends_a_waiting_flock_and_leaves_no_lock(mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind", ["flock", "fcntl"])
+def test_sigint_ends_a_waiting_lock_and_leaves_no_lock(mounter, area, procs, cs3, kind) -> None:  # type: ignore[no-untyped-def]
     _a, b, pa, pb, rel = two_nodes(mounter, area)
     ha: LockProc = procs()
     hb: LockProc = procs()
     ha.ok("open", "f", pa, "r")
     ha.ok("flock", "f", "ex", "nb")
     hb.ok("open", "f", pb, "r")
-    hb.send("flock", "f", "ex", "wait")
+    if kind == "flock":
+        hb.send("flock", "f", "ex", "wait")
+    else:
+        hb.send("lk", "f", "r", 0, 0, "wait")  # F_SETLKW (a read lock: the fd is read-only)
     hb.wait_blocked_in_fuse()
     t0 = time.monotonic()
-    hb.proc.send_signal(2)  # SIGINT: its handler returns, so flock(2) ends with EINTR
+    hb.proc.send_signal(2)  # SIGINT: its handler returns, so the call ends with EINTR
     got = hb.answer(10)
     took = time.monotonic() - t0
     assert got == {"ok": False, "errno": "EINTR"}, got
