@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounthelp import WebDav, run_meshfs, wait_for  # type: ignore[import-not-found]
+from mounthelp import WebDav, run_meshfs, wait_for
 
 UMOUNT_TIMEOUT = 60.0
 

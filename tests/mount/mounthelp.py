@@ -55,7 +55,6 @@ def sync(path: Path | str, timeout: float = 60.0) -> None:
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `cond` until it returns something truthy; AssertionError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = cond()
         if last:

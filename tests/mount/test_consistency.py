@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import sync, wait_for  # type: ignore[import-not-found]
+from mounthelp import sync, wait_for
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 

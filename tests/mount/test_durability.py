@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import WebDav, expect_errno, run_meshfs, sha256, sha256_file, sync  # type: ignore[import-not-found]
+from mounthelp import WebDav, expect_errno, run_meshfs, sha256, sha256_file, sync
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from mounthelp import WebDav, run_meshfs  # type: ignore[import-not-found]
+from mounthelp import WebDav, run_meshfs
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounthelp import WebDav, sync, tree_snapshot  # type: ignore[import-not-found]
+from mounthelp import WebDav, sync, tree_snapshot
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import expect_errno, sync, wait_for  # type: ignore[import-not-found]
+from mounthelp import expect_errno, sync, wait_for
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 

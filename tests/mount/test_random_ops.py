@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import sync, tree_snapshot  # type: ignore[import-not-found]
+from mounthelp import sync, tree_snapshot
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -216,13 +216,13 @@ def make_handle_ops(seed: int, count: int) -> list[tuple[str, tuple[object, ...]
 def apply_handle_op(side: Side, op: str, args: tuple[object, ...]) -> object:
     try:
         if op == "open":
-            path, slot, mode = args
+            path, slot, mode = str(args[0]), int(args[1]), str(args[2])  # type: ignore[call-overload]
             if slot in side.fds:
-                os.close(side.fds.pop(slot))  # type: ignore[arg-type]
-            side.fds[slot] = os.open(side.root / str(path), FD_FLAGS[str(mode)], 0o644)  # type: ignore[index]
+                os.close(side.fds.pop(slot))
+            side.fds[slot] = os.open(side.root / path, FD_FLAGS[mode], 0o644)
             return "ok"
         if op in ("fd_write", "fd_read", "fd_trunc", "fd_stat", "close"):
-            fd = side.fds.get(args[0])  # type: ignore[arg-type]
+            fd = side.fds.get(int(args[0]))  # type: ignore[call-overload]
             if fd is None:
                 return "no fd"
             if op == "fd_write":
@@ -234,7 +234,7 @@ def apply_handle_op(side: Side, op: str, args: tuple[object, ...]) -> object:
                 return "ok"
             if op == "fd_stat":
                 return os.fstat(fd).st_size
-            os.close(side.fds.pop(args[0]))  # type: ignore[arg-type]
+            os.close(side.fds.pop(int(args[0])))  # type: ignore[call-overload]
             return "ok"
         p = side.root / str(args[0])
         if op == "chmod":

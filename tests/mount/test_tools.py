@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import REPO, WebDav, sync, tree_snapshot  # type: ignore[import-not-found]
+from mounthelp import REPO, WebDav, sync, tree_snapshot
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 

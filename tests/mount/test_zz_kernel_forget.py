@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import sync  # type: ignore[import-not-found]
+from mounthelp import sync
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
