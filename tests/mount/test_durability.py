@@ -141,3 +141,37 @@ def test_shared_mmap_write_is_stored(work: Path, mount_factory: Callable[..., Pa
     got = other.read_bytes()
     assert got[100:105] == b"hello" and got[5000:5005] == b"world"
     assert len(got) == 8192
+
+
+def test_kernel_writeback_cache_mode(mount_factory: Callable[..., Path], webdav: WebDav) -> None:
+    """-o writeback_cache: the kernel batches writes and owns size/mtime; the results must be the same."""
+    mnt = mount_factory("einstein", "writeback_cache")
+    name = f"mt-wbc-{os.getpid()}-{os.urandom(3).hex()}"
+    d = mnt / "home" / name
+    d.mkdir()
+    try:
+        p = d / "f"
+        with open(p, "wb") as f:
+            for i in range(1000):
+                f.write(f"line {i}\n".encode())  # many small writes
+        expected = b"".join(f"line {i}\n".encode() for i in range(1000))
+        assert p.stat().st_size == len(expected)
+        with open(p, "ab") as f:
+            f.write(b"appended\n")
+        expected += b"appended\n"
+        os.truncate(p, len(expected) - 3)
+        expected = expected[:-3]
+        with open(p, "r+b") as f:
+            f.seek(5)
+            f.write(b"XX")
+        expected = expected[:5] + b"XX" + expected[7:]
+        assert p.read_bytes() == expected
+        assert p.stat().st_size == len(expected)
+        seen = p.stat().st_mtime_ns
+        sync(d)
+        assert webdav.get(f"{name}/f") == expected
+        other = mount_factory() / "home" / name / "f"
+        assert sha256_file(other) == sha256(expected)
+        assert other.stat().st_mtime_ns == seen
+    finally:
+        webdav.delete(name)
