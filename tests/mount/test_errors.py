@@ -256,3 +256,24 @@ async def test_writes_during_an_outage_are_uploaded_when_the_server_is_back(
             await in_thread(webdav.delete, name)
         except Exception:  # best effort cleanup of the server side
             pass
+
+
+def test_second_daemon_on_the_same_cache_dir_is_refused(
+    reva: Any, mount_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = mount_factory("einstein", cache_dir=cache)
+    mp = tmp_path / "second"
+    mp.mkdir()
+    pw = tmp_path / "pw"
+    pw.write_text(reva.einstein.password)
+    pw.chmod(0o600)
+    proc = run_meshfs(
+        "mount", f"cs3://einstein@{reva.gateway}", os.fspath(mp), "--password-file", os.fspath(pw),
+        "--cache-dir", os.fspath(cache), "-o", "tls=false", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    one_error_line(proc.stderr)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        assert os.fspath(mp) not in f.read()
+    assert "home" in os.listdir(first)  # the first one is untouched
