@@ -136,6 +136,7 @@ def private_reva(reva: Any) -> Iterator[PrivateStack]:
 
     Depends on `reva` only so that revad is built; the shared stack is never touched here.
     """
+    PrivateStack(PRIVATE_INSTANCE, 0).revactl("down", timeout=60)  # a leftover of ours (any offset)
     stack = PrivateStack(PRIVATE_INSTANCE, _private_offset())
     stack.up()
     try:

@@ -157,6 +157,7 @@ def test_writer_reopening_during_upload_cancels_and_redoes_it(
         return None
 
     progress = wait_for(uploading, 60, "the upload to be running with progress in `meshfs status`")
+    assert progress is not None
     assert progress["size"] == size and 0 < int(str(progress["done"])) <= size, progress
     patch = b"rewritten while the upload ran\n" * 64
     with open(f, "r+b") as w:  # a writer reopens: the running upload is cancelled, redone after close

@@ -44,7 +44,6 @@ T = TypeVar("T")
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll `cond` until it returns something truthy; AssertionError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = cond()
         if last:
