@@ -27,7 +27,7 @@ import trio
 
 from meshfs.cache.store import CacheFile, CacheStore, PendingState, PendingUpload, StoreError
 from meshfs.cs3 import Ref, Resource, ResourceId, Storage, Transfer, TusSession, UploadResult
-from meshfs.errors import AlreadyExists, EtagMismatch, MeshError, NotFound
+from meshfs.errors import AlreadyExists, EtagMismatch, MeshError, NotFound, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -368,9 +368,22 @@ class WriteBack:
             new_id = result.file_id or (await self.storage.stat(target)).id
         etag = result.etag
         if not etag:
+            # no answer to the last request (cut, timed out): the server may have received every byte
+            # and still not have finished the file. Only what Stat shows counts as uploaded.
             where = Ref.to(new_id) if new_id is not None else ref
             assert where is not None
-            etag = (await self.storage.stat(where)).etag
+            remote = await self.storage.stat(where)
+            same = remote.size == size and (
+                remote.checksum is None or await self._same_content(remote, cf, size)
+            )
+            if not same:
+                await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=None))
+                raise ServerError(
+                    f"the server did not complete the upload ({remote.size} of {size} bytes there); retrying",
+                    op="upload",
+                    path=rec.path,
+                )
+            etag = remote.etag
         self.uploaded_bytes += size
         self.uploads_done += 1
         clean = await trio.to_thread.run_sync(lambda: self.store.mark_clean(rec.key, generation, etag=etag))

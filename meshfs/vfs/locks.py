@@ -276,7 +276,9 @@ class LockManager:
                     if not sleep:
                         raise
                 else:
-                    # the lease await may have let another local owner in: check again
+                    # the lease await may have let another local owner in: check again; and the
+                    # table may have been dropped and recreated meanwhile: use the current one
+                    t = self.table(inode)
                     if self.local_conflict(inode, owner, start, end, type_, flock) is None:
                         if flock:
                             t.flock[owner] = (type_, pid)
@@ -287,6 +289,7 @@ class LockManager:
             elif not sleep:
                 raise Conflict()
             # wait for a local change or poll the server again (backoff 10 ms -> 1 s)
+            t = self.table(inode)
             with trio.move_on_after(delay):
                 await t.changed.wait()
             delay = min(1.0, delay * 2)
@@ -437,14 +440,8 @@ class LockManager:
                         pass
                 return
             except (Aborted, FailedPrecondition, Locked, NotFound) as e:
-                # the server says our lock is gone or someone else's: try to take it back once
-                try:
-                    await self.storage.set_lock(ref, lease.lock_id, expiration=expiration)
-                    lease.expiration = expiration
-                    log.warning("lock on %s was gone (%s); taken again", lease.path, e)
-                    return
-                except MeshError:
-                    pass
+                # the server says our lock is gone or someone else's: never take it back silently
+                # (someone may have written meanwhile); writes through its open files fail from now
                 lease.lost = True
                 log.error(
                     "lock on %s lost (%s): writes through its open files now fail with EIO", lease.path, e

@@ -28,7 +28,7 @@ import trio
 from meshfs.cache.readahead import Readahead, ReadaheadPolicy
 from meshfs.cache.store import CacheFile, CacheStore, NotPresent, SpaceWaiter, StoreError
 from meshfs.cache.writeback import WriteBack
-from meshfs.cs3 import DownloadTicket, Ref, Resource, Storage, Transfer
+from meshfs.cs3 import APP_NAME, DownloadTicket, Ref, Resource, Storage, Transfer
 from meshfs.errors import AlreadyExists, MeshError, NotFound
 from meshfs.fuse import (
     F_UNLCK,
@@ -231,7 +231,7 @@ class MeshOps(Operations):
         if node.kind is Kind.DIR:
             mode = 0o755 if writable else 0o555
             a.st_mode = stat.S_IFDIR | self._mode_bits(res, mode, writable)
-            a.st_nlink = 2
+            a.st_nlink = 1  # unknown subdirectory count: 1 tells find & co. not to trust it (as btrfs)
             a.st_size = 4096 if res is None else res.size
             a.st_blocks = 8
         else:
@@ -664,7 +664,9 @@ class MeshOps(Operations):
         assert res is not None
         if writable or flags & os.O_TRUNC:
             holder = self.locks.foreign_holder(node.inode, res)
-            if holder is not None:
+            # between meshfs nodes locks are advisory, as on a local disk (sqlite opens read-write,
+            # then locks); a lock of another application (JupyterLab, web office) also forbids writing
+            if holder is not None and holder.app != APP_NAME:
                 log.info(
                     "open for write refused: %s is locked by %s", self.tree.path_of(node), holder.describe()
                 )
