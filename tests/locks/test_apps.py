@@ -186,7 +186,8 @@ def test_hdf5_file_open_for_writing_on_a_refuses_on_b(mounter, area) -> None:  #
         # is what stops B
         fd = os.open(pb, os.O_RDONLY)
         try:
-            assert errno_of(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)) in ("EWOULDBLOCK", "EAGAIN")
+            got = errno_of(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))
+            assert got in ("EWOULDBLOCK", "EAGAIN")
         finally:
             os.close(fd)
         writer["y"] = [1, 2, 3]
