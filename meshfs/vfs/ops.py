@@ -314,6 +314,8 @@ class MeshOps(Operations):
                 if node.kind is Kind.DIR:
                     raise FUSEError(errno.EISDIR)
                 self._check_writable(node)
+                if self.locks.foreign_holder(node.inode, await self.tree.stat(node)) is not None:
+                    raise FUSEError(errno.EACCES)  # truncating a file locked elsewhere: overwrite protection
                 await self._truncate(node, attr.st_size, fh)
             meta: dict[str, str] = {}
             if fields.update_mode:
@@ -664,9 +666,10 @@ class MeshOps(Operations):
         assert res is not None
         if writable or flags & os.O_TRUNC:
             holder = self.locks.foreign_holder(node.inode, res)
-            # between meshfs nodes locks are advisory, as on a local disk (sqlite opens read-write,
-            # then locks); a lock of another application (JupyterLab, web office) also forbids writing
-            if holder is not None and holder.app != APP_NAME:
+            # overwrite protection: a file locked elsewhere cannot be truncated; a lock of another
+            # application (JupyterLab, web office) forbids writing at all. Between meshfs nodes a
+            # plain read-write open stays allowed, as on a local disk (sqlite opens, then locks)
+            if holder is not None and (holder.app != APP_NAME or flags & os.O_TRUNC):
                 log.info(
                     "open for write refused: %s is locked by %s", self.tree.path_of(node), holder.describe()
                 )

@@ -101,8 +101,8 @@ def test_flock_ex_conflicts_across_nodes_and_is_visible(mounter, area, procs, cs
         assert bool(m.group(4)) == mine, text.stdout
 
     # overwrite protection on B: open for write / truncate fail with EACCES, reading works
-    assert errno_of(lambda: os.close(os.open(pb, os.O_WRONLY))) == "EACCES"
-    assert errno_of(lambda: os.close(os.open(pb, os.O_RDWR))) == "EACCES"
+    assert errno_of(lambda: os.close(os.open(pb, os.O_WRONLY | os.O_TRUNC))) == "EACCES"  # overwrite
+    assert errno_of(lambda: os.close(os.open(pb, os.O_RDWR | os.O_TRUNC))) == "EACCES"
     assert errno_of(lambda: os.truncate(pb, 0)) == "EACCES"
     assert pb.read_bytes() == b"hello\n"
 

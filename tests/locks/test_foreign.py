@@ -169,7 +169,7 @@ def test_meshfs_locks_between_two_users(shared_file, mounter, procs, cs3) -> Non
     assert lock is not None and lock.app_name == "meshfs"
     assert lock.user is not None and lock.user.opaque_id == cs3.marie.user.id.opaque_id
     assert flock_nb(path) in ("EWOULDBLOCK", "EAGAIN")
-    assert errno_of(lambda: os.close(os.open(path, os.O_WRONLY))) == "EACCES"
+    assert errno_of(lambda: os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))) == "EACCES"
     assert xattr_lock(path).split(" ")[:2] in (
         ["user=marie", "app=meshfs"],
         [f"user={cs3.marie.user.id.opaque_id}", "app=meshfs"],
@@ -180,6 +180,6 @@ def test_meshfs_locks_between_two_users(shared_file, mounter, procs, cs3) -> Non
     he.ok("open", "f", path, "r")
     he.ok("flock", "f", "ex", "nb")
     assert flock_nb(mpath) in ("EWOULDBLOCK", "EAGAIN")
-    assert errno_of(lambda: os.close(os.open(mpath, os.O_WRONLY))) == "EACCES"
+    assert errno_of(lambda: os.close(os.open(mpath, os.O_WRONLY | os.O_TRUNC))) == "EACCES"
     assert mpath.read_bytes() == b'{"cells": []}\n'
     he.ok("close", "f")
