@@ -22,8 +22,8 @@ from . import report
 from .dataset import prepare
 from .rows import ROWS, Meter, Params, applies, check_row
 from .server import REPO, REVACTL, Reva, start, stop
-from .sysutil import BenchError, ensure_tools, is_mounted, loadavg, log, run
-from .targets import Meshfs, Target, make_targets
+from .sysutil import BenchError, ensure_py_spy, ensure_tools, is_mounted, loadavg, log, run
+from .targets import VPY, Meshfs, Target, make_targets
 
 ALL_TARGETS = ["meshfs", "rclone", "davfs2", "local", "curl"]
 
@@ -182,7 +182,8 @@ def main(argv: list[str]) -> int:
     try:
         prepare(data_root, work, reva, p)
         profile = base.parent / f"{base.name}-profiles" if a.profile else None
-        targets = make_targets(names, work, reva, data_root / "data", a.meshfs_opts, profile)
+        spy = ensure_py_spy(VPY) if a.profile else None
+        targets = make_targets(names, work, reva, data_root / "data", a.meshfs_opts, profile, spy)
         for rnd in range(rounds):
             if deadline is not None and time.time() > deadline:
                 log(f"past the deadline {a.deadline} UTC: no more rounds")

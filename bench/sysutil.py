@@ -98,6 +98,20 @@ def ensure_tools(names: list[str]) -> None:
         raise BenchError(f"tools still missing after apt-get: {' '.join(still)}")
 
 
+def ensure_py_spy(venv_python: str) -> str | None:
+    """Path of py-spy (pip-installed into the venv when missing, saying so), None if unavailable."""
+    here = Path(venv_python).parent / "py-spy"
+    found = shutil.which("py-spy") or (str(here) if here.exists() else None)
+    if found:
+        return found
+    log("installing py-spy from PyPI into the venv (for --profile)")
+    r = run([venv_python, "-m", "pip", "install", "-q", "py-spy"], timeout=600, check=False)
+    if r.rc != 0 or not here.exists():
+        log("py-spy could not be installed; profiling is off")
+        return None
+    return str(here)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime of a process (all its threads), in seconds; 0 if it is gone."""
     try:

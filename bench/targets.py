@@ -75,10 +75,13 @@ class Meshfs(Target):
     name = "meshfs"
     kind = "subject"
 
-    def __init__(self, work: Path, reva: Reva, options: str = "", profile: Path | None = None) -> None:
+    def __init__(
+        self, work: Path, reva: Reva, options: str = "", profile: Path | None = None, spy: str | None = None
+    ) -> None:
         super().__init__(work, reva)
         self.options = options
-        self.profile = profile  # directory for py-spy profiles of the daemon, one per mount
+        self.profile = profile if spy else None  # directory for py-spy profiles of the daemon, one per mount
+        self.spy = spy
         self.profile_name = "mount"
         self._spy: subprocess.Popen[bytes] | None = None
         self.pwfile = self.work / "password"
@@ -111,10 +114,22 @@ class Meshfs(Target):
         """py-spy samples the daemon until it exits (raw collapsed stacks, idle threads left out)."""
         assert self.profile is not None
         self.profile.mkdir(parents=True, exist_ok=True)
-        spy = shutil.which("py-spy") or str(Path(VPY).parent / "py-spy")
+        assert self.spy is not None
         out = self.profile / f"{self.profile_name}.txt"
         self._spy = subprocess.Popen(
-            [spy, "record", "--nonblocking", "-f", "raw", "-r", "100", "-p", str(self._pid), "-o", str(out)],
+            [
+                self.spy,
+                "record",
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-r",
+                "100",
+                "-p",
+                str(self._pid),
+                "-o",
+                str(out),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -369,12 +384,18 @@ class Curl(Target):
 
 
 def make_targets(
-    names: list[str], work: Path, reva: Reva, data: Path, meshfs_opts: str, profile: Path | None = None
+    names: list[str],
+    work: Path,
+    reva: Reva,
+    data: Path,
+    meshfs_opts: str,
+    profile: Path | None = None,
+    spy: str | None = None,
 ) -> list[Target]:
     out: list[Target] = []
     for n in names:
         if n == "meshfs":
-            out.append(Meshfs(work, reva, meshfs_opts, profile))
+            out.append(Meshfs(work, reva, meshfs_opts, profile, spy))
         elif n == "rclone":
             out.append(Rclone(work, reva))
         elif n == "davfs2":
