@@ -61,6 +61,7 @@ XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
 RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
 LOCK_XATTR = b"user.meshfs.lock"
 B64_TAG = "b64:"
+REPLACE_BY_UPLOAD_MAX = 64 << 20  # rename-over by uploading a new version of the target
 BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quota
 
 
@@ -525,12 +526,63 @@ class MeshOps(Operations):
             else:
                 if flags & RENAME_NOREPLACE:
                     raise FUSEError(errno.EEXIST)
-                await self._replace(node, target, new_parent, new_name)
+                if not await self._replace_by_upload(node, target):
+                    await self._replace(node, target, new_parent, new_name)
             node.name, node.parent = new_name, new_parent.inode
             await trio.to_thread.run_sync(self.store.rename_path, old_path, new_path, limiter=self.io)
             self._changed(old_parent, old_name, None)
             self._changed(new_parent, new_name, node)
             node.fetched = -1.0
+
+    async def _replace_by_upload(self, node: Node, target: Node) -> bool:
+        """The usual editor save (a closed temp file renamed over the document): upload the temp's
+        content as a new version of the target, then delete the temp. The target keeps its name all
+        along, its file id, its shares and its version history. False when it does not apply (then
+        the move-aside path runs): open files, directories, big or uncached sources."""
+        if node.kind is not Kind.FILE or target.kind is not Kind.FILE or node.open_count or target.open_count:
+            return False
+        assert node.rid is not None and target.rid is not None
+        key, tkey = str(node.rid), str(target.rid)
+        info = self.store.lookup(key)
+        res = node.resource
+        size = info.size if info is not None and info.dirty else (res.size if res else -1)
+        if size < 0 or size > REPLACE_BY_UPLOAD_MAX:
+            return False
+        if info is None or not (info.dirty or info.present_bytes >= size):
+            return False  # not all here: downloading it only to upload it again is not worth it
+        if self.store.get_pending(tkey) is not None or self.locks.lock_id_of(node.inode):
+            return False
+        etag = info.etag if info.etag is not None else (res.etag if res else None)
+        cf = await trio.to_thread.run_sync(
+            lambda: self.store.open_file(key, size=size, etag=etag), limiter=self.io
+        )
+        try:
+            generation = cf.generation
+            result = await self.transfer.upload(
+                Ref.to(target.rid), cf.fd, cf.size, lock_id=self._lid(target), mtime_ns=node.local_mtime_ns
+            )
+        finally:
+            await trio.to_thread.run_sync(cf.close, limiter=self.io)
+        self.writeback.forget(key)
+        try:
+            await self.storage.delete(Ref.to(node.rid), lock_id=self._lid(node))
+        except MeshError as e:
+            log.warning("rename: %s replaced, but its source could not be deleted (%s)", target.name, e)
+        new_rid = target.rid
+        await trio.to_thread.run_sync(self.store.forget, tkey, limiter=self.io)
+        await trio.to_thread.run_sync(self.store.rekey, key, tkey, limiter=self.io)
+        now = await self.storage.stat(Ref.to(new_rid))
+        if self.store.get_pending(tkey) is not None:
+            await trio.to_thread.run_sync(
+                lambda: self.store.mark_clean(tkey, generation, etag=result.etag or now.etag), limiter=self.io
+            )
+        target.unlinked = True
+        self.inodes.rekey(node, new_rid)
+        node.local_size = node.local_mtime_ns = None
+        node.resource, node.fetched = now, trio.current_time()
+        if self.session is not None:
+            self.session.invalidate_inode(target.inode)
+        return True
 
     async def _replace(self, node: Node, target: Node, new_parent: Node, new_name: str) -> None:
         """rename over an existing target. Reva's Move refuses existing targets, so the target is moved
