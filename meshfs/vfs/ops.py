@@ -57,6 +57,7 @@ from meshfs.vfs.tree import Tree
 log = logging.getLogger(__name__)
 
 MODE_KEY = "meshfs.mode"
+DIR_MTIME_KEY = "meshfs.dirmtime"  # a directory mtime set with utimens (ns)
 XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
 RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
 LOCK_XATTR = b"user.meshfs.lock"
@@ -246,6 +247,11 @@ class MeshOps(Operations):
             a.st_size = size
             a.st_blocks = (size + 511) // 512
         mtime = node.local_mtime_ns if node.local_mtime_ns is not None else (res.mtime_ns if res else 0)
+        if node.kind is Kind.DIR and res is not None and DIR_MTIME_KEY in res.metadata:
+            try:
+                mtime = int(res.metadata[DIR_MTIME_KEY])
+            except ValueError:
+                pass
         if res is None and mtime == 0:
             mtime = int(time.time() * 1e9) if node.inode == ROOT_INODE else 0
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = mtime
@@ -331,6 +337,10 @@ class MeshOps(Operations):
                     meta["mtime"] = (
                         f"{attr.st_mtime_ns // 1_000_000_000}.{attr.st_mtime_ns % 1_000_000_000:09d}"
                     )
+                    if node.kind is Kind.DIR:
+                        # Reva reports a directory's tree time (bumped by later uploads of children):
+                        # the time the user set is kept beside it until the directory changes locally
+                        meta[DIR_MTIME_KEY] = str(attr.st_mtime_ns)
             if meta:
                 assert node.rid is not None
                 await self.storage.set_metadata(Ref.to(node.rid), meta, lock_id=self._lid(node))
@@ -418,7 +428,7 @@ class MeshOps(Operations):
             node.resource, node.fetched, node.readonly = res, trio.current_time(), parent.readonly
             if mode & 0o7777 not in (0o755, 0o777 & ~0o022):
                 await self._store_mode(node, mode)
-            self._changed(parent, text, node)
+            await self._changed(parent, text, node)
             return await self._entry(node)
 
     async def _store_mode(self, node: Node, mode: int) -> None:
@@ -428,13 +438,22 @@ class MeshOps(Operations):
         )
         await self.tree.stat(node, force=True)
 
-    def _changed(self, parent: Node, name: str, node: Node | None) -> None:
-        """A local namespace change: keep the listing cache exact and the parent's attrs fresh."""
+    async def _changed(self, parent: Node, name: str, node: Node | None) -> None:
+        """A local namespace change: keep the listing cache exact and the parent's attrs fresh; a
+        directory mtime set by the user (utimens) gives way to the change, as on a local disk."""
         if node is None:
             self.tree.remove_from_listing(parent, name)
         else:
             self.tree.add_to_listing(parent, name, node)
         parent.fetched = -1.0
+        res = parent.resource
+        if res is not None and DIR_MTIME_KEY in res.metadata and parent.rid is not None:
+            try:
+                await self.storage.unset_metadata(
+                    Ref.to(parent.rid), [DIR_MTIME_KEY], lock_id=self._lid(parent)
+                )
+            except MeshError as e:
+                log.debug("dropping the set mtime of %s: %s", self.tree.path_of(parent), e)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
@@ -450,7 +469,7 @@ class MeshOps(Operations):
             await self.storage.delete(Ref.to(node.rid), lock_id=self._lid(node))
             node.unlinked = True
             self.tree.forget_listing(node)
-            self._changed(parent, text, None)
+            await self._changed(parent, text, None)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
@@ -469,7 +488,7 @@ class MeshOps(Operations):
             self.writeback.forget(key)
             if node.open_count == 0:
                 await trio.to_thread.run_sync(self.store.forget, key, limiter=self.io)
-            self._changed(parent, text, None)
+            await self._changed(parent, text, None)
 
     async def _pin_content(self, node: Node) -> None:
         """An open file is about to be unlinked: make sure its data is all in the cache so the open
@@ -530,8 +549,8 @@ class MeshOps(Operations):
                     await self._replace(node, target, new_parent, new_name)
             node.name, node.parent = new_name, new_parent.inode
             await trio.to_thread.run_sync(self.store.rename_path, old_path, new_path, limiter=self.io)
-            self._changed(old_parent, old_name, None)
-            self._changed(new_parent, new_name, node)
+            await self._changed(old_parent, old_name, None)
+            await self._changed(new_parent, new_name, node)
             node.fetched = -1.0
 
     async def _replace_by_upload(self, node: Node, target: Node) -> bool:
@@ -631,8 +650,8 @@ class MeshOps(Operations):
         await self.storage.move(Ref.to(a.rid), self.tree.child_ref(pb, nb))
         await self.storage.move(Ref.to(b.rid), self.tree.child_ref(pa, na))
         a.name, a.parent, b.name, b.parent = nb, pb.inode, na, pa.inode
-        self._changed(pa, na, b)
-        self._changed(pb, nb, a)
+        await self._changed(pa, na, b)
+        await self._changed(pb, nb, a)
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: RequestContext
@@ -683,7 +702,7 @@ class MeshOps(Operations):
             node.resource, node.fetched, node.readonly, node.unlinked = res, trio.current_time(), False, False
             if mode & 0o7777 != 0o644 and mode & 0o7777 != 0o666 & ~0o022:
                 await self._store_mode(node, mode)
-            self._changed(parent, text, node)
+            await self._changed(parent, text, node)
             fi = await self._open_node(node, flags, fresh=res)
             return fi, await self._entry(node)
 
