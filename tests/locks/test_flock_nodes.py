@@ -284,3 +284,30 @@ def test_the_holder_may_modify_its_locked_file(mounter, area, procs, cs3) -> Non
     assert lock is not None and lock.app_name == "meshfs", "the lock must survive the holder's rename"
     holder.ok("close", "f")
     wait_for(lambda: cs3.einstein.get_lock(Ref.to(rid)) is None, 10, "the lock to go after the rename")
+
+
+def test_a_write_without_the_lock_never_silently_loses_data(mounter, area, procs, cs3) -> None:  # type: ignore[no-untyped-def]
+    """Between nodes a plain read-write open of a locked file is allowed (README). If B then writes
+    without taking the lock while A holds it, A's version must win on the server and B's bytes must not
+    vanish silently: B gets an error (write/fsync/close) or its data is kept in a conflict copy."""
+    a, b, pa, pb, rel = two_nodes(mounter, area, content=b"original\n")
+    ha: LockProc = procs()
+    hb: LockProc = procs()
+    ha.ok("open", "f", pa, "rw")
+    ha.ok("flock", "f", "ex", "nb")
+    hb.ok("open", "f", pb, "w")  # allowed: advisory locks between meshfs nodes
+    errors = [x["errno"] for x in (hb.call("write", "f", "B-unlocked"), hb.call("fsync", "f")) if not x["ok"]]
+    ha.ok("write", "f", "A-locked")
+    ha.ok("fsync", "f")
+    ha.ok("close", "f")  # A's data is on the server before its lock goes
+    wait_for(lambda: cs3.einstein.get_lock(cs3.einstein.ref(rel)) is None, 15, "A's lock to go")
+    close = hb.call("close", "f")
+    if not close["ok"]:
+        errors.append(close["errno"])
+    b.sync()
+    a.sync()
+    server = (area.on(a) / "data.txt").read_bytes()
+    copies = [p for p in area.on(a).iterdir() if "conflict" in p.name]
+    kept = any(p.read_bytes().startswith(b"B-unlocked") for p in copies)
+    assert server.startswith(b"A-locked"), f"B's unlocked write replaced A's locked version: {server!r}"
+    assert errors or kept, f"B's write vanished without an error or a conflict copy (files: {copies})"
