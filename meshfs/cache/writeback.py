@@ -27,7 +27,7 @@ import trio
 
 from meshfs.cache.store import CacheFile, CacheStore, PendingState, PendingUpload, StoreError
 from meshfs.cs3 import Ref, Resource, ResourceId, Storage, Transfer, TusSession, UploadResult
-from meshfs.errors import AlreadyExists, EtagMismatch, MeshError, NotFound, ServerError
+from meshfs.errors import AlreadyExists, EtagMismatch, MeshError, NotFound, ServerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class WriteBack:
 
     async def flush(self, key: str) -> None:
         """Wait until the current content of `key` is durable on the server (fsync); raise its error."""
-        for _ in range(8):
+        for attempt in range(8):
             if self.store.get_pending(key) is None:
                 return
             slot = self._slot(key)
@@ -179,8 +179,11 @@ class WriteBack:
             await done.wait()
             if self.store.get_pending(key) is None:
                 return
-            if slot.last_error is not None:
-                raise slot.last_error
+            error = slot.last_error
+            if error is not None and not getattr(error, "transient", False):
+                raise error
+            if error is not None and attempt >= 2:
+                raise error  # still failing after the retries: report it (the upload goes on)
         if self.store.get_pending(key) is not None:
             raise MeshError("the file kept changing while it was being uploaded", op="fsync", path=key)
 
@@ -195,12 +198,16 @@ class WriteBack:
             p = prefix.strip("/")
             return rec.path.strip("/") == p or rec.path.strip("/").startswith(p + "/")
 
+        async def one(rec: PendingUpload) -> None:
+            try:
+                await self.flush(rec.key)
+            except (MeshError, StoreError) as e:
+                failures.append(f"{rec.path}: {e}")
+
         with trio.move_on_after(timeout) as scope:
-            for rec in [r for r in self.store.pending() if wanted(r)]:
-                try:
-                    await self.flush(rec.key)
-                except (MeshError, StoreError) as e:
-                    failures.append(f"{rec.path}: {e}")
+            async with trio.open_nursery() as nursery:  # all at once: every failure is reported
+                for rec in [r for r in self.store.pending() if wanted(r)]:
+                    nursery.start_soon(one, rec)
         if scope.cancelled_caught:
             failures.extend(
                 f"{r.path}: not uploaded yet (timeout)" for r in self.store.pending() if wanted(r)
@@ -378,7 +385,7 @@ class WriteBack:
             )
             if not same:
                 await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=None))
-                raise ServerError(
+                raise ServerUnavailable(
                     f"the server did not complete the upload ({remote.size} of {size} bytes there); retrying",
                     op="upload",
                     path=rec.path,

@@ -93,6 +93,7 @@ class Tree:
         self._share_names: dict[tuple[int, str], str] = {}
         # last known listings, kept past their TTL: what an outage falls back to
         self._known: LRUCache[int, dict[str, Node]] = LRUCache(maxsize=8192)
+        self._seen: LRUCache[tuple[int, str], Node] = LRUCache(maxsize=65536)  # lookups, for outages
         self._outage_logged = -1e9
         # directories with local namespace changes in flight, and a counter bumped when one ends:
         # a listing or negative lookup that overlapped a change is used once but never cached
@@ -222,6 +223,7 @@ class Tree:
         return list(self._listings.keys())
 
     def add_to_listing(self, parent: Node, name: str, child: Node) -> None:
+        self._seen[(parent.inode, name)] = child
         listing = self._listings.get(parent.inode)
         if listing is not None:
             listing[name] = child
@@ -231,6 +233,7 @@ class Tree:
         self.clear_negative(parent, name)
 
     def remove_from_listing(self, parent: Node, name: str) -> None:
+        self._seen.pop((parent.inode, name), None)
         for cache in (self._listings, self._known):
             listing = cache.get(parent.inode)
             if listing is not None:
@@ -269,14 +272,16 @@ class Tree:
                 self.set_negative(parent, name)
             raise
         except ServerUnavailable as e:
-            known = self._known.get(parent.inode, {}).get(name)
+            known = self._known.get(parent.inode, {}).get(name) or self._seen.get((parent.inode, name))
             if known is None:
                 known = next((n for n in self.inodes.children_of(parent.inode) if n.name == name), None)
             if known is None:
                 raise
             self._outage(e)
             return known
-        return self._adopt(parent, res, name)
+        node = self._adopt(parent, res, name)
+        self._seen[(parent.inode, name)] = node
+        return node
 
     async def listing(self, parent: Node) -> dict[str, Node]:
         """name → node for every entry of a directory (cached for the listing TTL)."""
