@@ -141,6 +141,7 @@ def test_ofd_locks_belong_to_the_open_file(mounter, area, procs: Callable[[], Lo
     p.ok("close", "x")  # the open file lives on in x2
     assert p.err("ofd", "y", "w", 0, 1, "nb") in ("EAGAIN", "EACCES")
     p.ok("close", "x2")  # last close of the open file: its OFD locks go
-    p.ok("ofd", "y", "w", 0, 10, "nb")
+    # the kernel sends RELEASE after close(2) has returned: the lock goes shortly after, not at once
+    wait_for(lambda: p.call("ofd", "y", "w", 0, 10, "nb")["ok"], 10, "the OFD lock to go at the last close")
     p.ok("close", "y")
     wait_for(lambda: cs3.einstein.get_lock(ref) is None, 10, "the lease to go with the last OFD lock")
