@@ -2,10 +2,11 @@
 # Installs the system packages meshfs and its tests need, with apt, only when missing and root.
 # A missing prerequisite that cannot be installed stops with one line saying what to install.
 set -euo pipefail
-need_cmds=(fusermount3 git rsync sqlite3 getfattr flock curl)
+need_cmds=(fusermount3 git rsync sqlite3 getfattr setfattr flock setpriv curl tar vim openssl systemd-analyze)
 pkg_of() {
   case "$1" in
-    fusermount3) echo fuse3 ;; getfattr) echo attr ;; flock) echo util-linux ;; *) echo "$1" ;;
+    fusermount3) echo fuse3 ;; getfattr | setfattr) echo attr ;; flock | setpriv) echo util-linux ;;
+    systemd-analyze) echo systemd ;; *) echo "$1" ;;
   esac
 }
 missing=()
