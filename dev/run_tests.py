@@ -76,10 +76,10 @@ def main() -> int:
         if started and not os.environ.get("MESHFS_KEEP_REVA"):
             subprocess.run([str(revactl), "down"])
     print(f"\nsuites with failures: {', '.join(bad)}" if bad else "\nall suites passed")
-    print(
-        f"tests: {totals['passed']} passed, {totals['failed'] + totals['errors']} failed, "
-        f"{totals['skipped']} skipped ({time.monotonic() - t0:.0f}s)"
-    )
+    print(f"total time {time.monotonic() - t0:.0f}s")
+    # the last line, in the plain form CI reads: "tests: N passed, N failed, N skipped"
+    failed = totals["failed"] + totals["errors"]
+    print(f"tests: {totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
     return 1 if bad else 0
 
 
