@@ -143,7 +143,9 @@ def test_invite_forward_share_list_and_read(
         inv.FindAcceptedUsersRequest(), metadata=einstein.md, timeout=DEADLINE_S
     )
     assert accepted.status.code == code_pb2.CODE_OK, accepted.status
-    fed = [u.id for u in accepted.accepted_users if u.id.idp == b_stack.domain]
+    want = f"{marie.user_id.opaque_id}@{marie.user_id.idp}"
+    # other tests of a run on the same pair may have accepted invites of other users: pick marie's
+    fed = [u.id for u in accepted.accepted_users if u.id.idp == b_stack.domain and u.id.opaque_id == want]
     assert len(fed) == 1, accepted.accepted_users
     marie_fed = fed[0]
     assert marie_fed.type == userr.USER_TYPE_FEDERATED
