@@ -27,7 +27,7 @@ from meshfs.vfs.inodes import InodeTable, Kind
 from meshfs.vfs.locks import LockManager
 from meshfs.vfs.ops import MeshOps
 from meshfs.vfs.shares import ShareCommands
-from meshfs.vfs.tree import HOME_INODE, Tree
+from meshfs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,3 @@ class MeshFilesystem:
         if name in ("share", "users"):
             return await self.share_commands.run(name, args)
         raise MeshError(f"unknown command {name!r}", op="command")
-
-    def home_inode(self) -> int:
-        return HOME_INODE

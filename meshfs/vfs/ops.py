@@ -28,7 +28,7 @@ import trio
 from meshfs.cache.readahead import Readahead, ReadaheadPolicy
 from meshfs.cache.store import CacheFile, CacheStore, NotPresent, SpaceWaiter, StoreError
 from meshfs.cache.writeback import WriteBack
-from meshfs.cs3 import APP_NAME, DownloadTicket, Ref, Resource, Storage, Transfer
+from meshfs.cs3 import APP_NAME, DownloadTicket, Ref, Resource, ResourceId, Storage, Transfer
 from meshfs.errors import AlreadyExists, MeshError, NotFound
 from meshfs.fuse import (
     F_UNLCK,
@@ -60,7 +60,6 @@ MODE_KEY = "meshfs.mode"
 DIR_MTIME_KEY = "meshfs.dirmtime"  # a directory mtime set with utimens (ns)
 XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
 RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
-LOCK_XATTR = b"user.meshfs.lock"
 B64_TAG = "b64:"
 REPLACE_BY_UPLOAD_MAX = 64 << 20  # rename-over by uploading a new version of the target
 BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quota
@@ -162,9 +161,7 @@ class MeshOps(Operations):
         self._next_fh = 1
         self._inflight: dict[int, list[_Flight]] = {}
         self.nursery: trio.Nursery | None = None  # for prefetches; set by MeshFilesystem.start
-        self.bytes_cached = 0
         self.errors: list[str] = []  # recent failures for `meshfs status`
-        self.op_counts: dict[str, int] = {}
         #: metrics hook: called once per request with (op, errno or 0, seconds)
         self.observe: Callable[[str, int, float], None] | None = None
         self.bytes_down = 0
@@ -173,7 +170,6 @@ class MeshOps(Operations):
 
     @asynccontextmanager
     async def _op(self, op: str, what: str | Node) -> AsyncIterator[None]:
-        self.op_counts[op] = self.op_counts.get(op, 0) + 1
         start = trio.current_time()
         code = 0
         try:
@@ -326,7 +322,7 @@ class MeshOps(Operations):
                 await self._truncate(node, attr.st_size, fh)
             meta: dict[str, str] = {}
             if fields.update_mode:
-                self._check_writable(node, allow_readonly_dir=False)
+                self._check_writable(node)
                 meta[MODE_KEY] = f"{attr.st_mode & 0o7777:o}"
             if fields.update_mtime:
                 if node.local_size is not None:
@@ -355,7 +351,7 @@ class MeshOps(Operations):
         nodes = self.inodes_by_key(key)
         return self.locks.lock_id_of(nodes[0].inode) if nodes else None
 
-    def _check_writable(self, node: Node, *, allow_readonly_dir: bool = False) -> None:
+    def _check_writable(self, node: Node) -> None:
         if self.read_only:
             raise FUSEError(errno.EROFS)
         if node.virtual is not None:
@@ -814,7 +810,6 @@ class MeshOps(Operations):
             for _ in range(3):
                 try:
                     data = await trio.to_thread.run_sync(cf.read, off, size, limiter=self.io)
-                    self.bytes_cached += len(data)
                     return data
                 except NotPresent:  # evicted or invalidated between the fill and the read
                     await self._fill(h, off, size)
@@ -1034,8 +1029,6 @@ class MeshOps(Operations):
         return nodes[0].local_mtime_ns if nodes else None
 
     def inodes_by_key(self, key: str) -> list[Node]:
-        from meshfs.cs3 import ResourceId
-
         try:
             node = self.inodes.by_rid(ResourceId.parse(key))
         except ValueError:
