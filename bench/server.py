@@ -156,7 +156,7 @@ def _tickets(reva: Reva, rel: str, upload_length: int | None, stat_first: bool) 
                 url, xfer = t.url, t.token.reveal()
             else:
                 # no public "initiate only" call exists in meshfs.cs3; the private one is the same RPC
-                protos = await transfer._initiate_upload(
+                protos = await transfer.initiate_upload(
                     ref, upload_length, if_match=None, if_not_exist=False, lock_id=None, mtime_ns=None
                 )
                 url, sec = protos["simple"]

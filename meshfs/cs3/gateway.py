@@ -13,7 +13,6 @@ import base64
 import json
 import logging
 import math
-import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from cs3.gateway.v1beta1 import gateway_api_pb2 as gw_pb
 from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
 from cs3.rpc.v1beta1 import code_pb2
 
+from meshfs.cs3.retry import RetryPolicy
 from meshfs.errors import (
     CS3_CODE_ERRORS,
     GRPC_STATUS_ERRORS,
@@ -129,8 +129,6 @@ class Gateway:
     ) -> None:
         if rpc_threads < 1:
             raise ValueError(f"rpc_threads must be ≥ 1, got {rpc_threads}")
-        if retries < 0:
-            raise ValueError(f"retries must be ≥ 0, got {retries}")
         self.address = address
         self._credentials = credentials
         self._generation = -1  # the source's generation our token was obtained with
@@ -139,9 +137,7 @@ class Gateway:
         self._ca_file = ca_file
         self.limiter = trio.CapacityLimiter(rpc_threads)
         self.call_timeout = call_timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
+        self.retry = RetryPolicy(retries, backoff, backoff_max)
         self.refresh_margin = refresh_margin
         self.verify_interval = verify_interval
         self.unavailable_timeout = unavailable_timeout
@@ -462,8 +458,8 @@ class Gateway:
                 retry = code is grpc.StatusCode.UNAVAILABLE or (
                     idempotent and code is grpc.StatusCode.DEADLINE_EXCEEDED
                 )
-                delay = min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-                if retry and attempt < self.retries and trio.current_time() + delay + 0.5 < give_up_at:
+                delay = self.retry.delay(attempt)
+                if retry and self.retry.may_retry(attempt) and trio.current_time() + delay + 0.5 < give_up_at:
                     attempt += 1
                     log.debug("%s: %s, retry %d in %.2fs", op, code.name, attempt, delay)
                     await trio.sleep(delay)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -31,6 +30,7 @@ from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
+from meshfs.cs3.retry import RetryPolicy
 from meshfs.errors import (
     HTTP_FALLBACK,
     HTTP_STATUS_ERRORS,
@@ -121,9 +121,7 @@ class Transfer:
             raise ValueError(f"http_threads must be ≥ 1, got {http_threads}")
         self.gw = gateway
         self.limiter = trio.CapacityLimiter(http_threads)
-        self.retries = retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
+        self.retry = RetryPolicy(retries, backoff, backoff_max)
         self.ticket_lifetime = ticket_lifetime
         self.sendfile = sendfile
         self._read_timeout = read_timeout
@@ -154,7 +152,7 @@ class Transfer:
             stop.set()
 
     async def _pause(self, attempt: int) -> None:
-        await trio.sleep(min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2))
+        await trio.sleep(self.retry.delay(attempt))
 
     # -- download ---------------------------------------------------------------------------------
 
@@ -236,7 +234,7 @@ class Transfer:
                 done += t.progress
                 if t.progress:
                     attempt = 0  # the retry budget counts failures in a row without progress
-                if attempt >= self.retries:
+                if not self.retry.may_retry(attempt):
                     raise t.error from None
                 log.debug("read %s: %s, retry %d", path, t.error, attempt + 1)
                 await self._pause(attempt)
@@ -336,7 +334,7 @@ class Transfer:
 
     # -- upload -----------------------------------------------------------------------------------
 
-    async def _initiate_upload(
+    async def initiate_upload(
         self,
         ref: Ref,
         length: int,
@@ -392,7 +390,7 @@ class Transfer:
         attempt = 0
         renewed = reauthed = False
         while True:
-            protos = await self._initiate_upload(
+            protos = await self.initiate_upload(
                 ref, length, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
             )
             if length == 0:
@@ -424,7 +422,7 @@ class Transfer:
                     raise
                 renewed = True
             except _Transient as t:
-                if attempt >= self.retries:
+                if not self.retry.may_retry(attempt):
                     raise t.error from None
                 log.debug("upload %s: %s, retry %d", path, t.error, attempt + 1)
                 await self._pause(attempt)
@@ -539,7 +537,7 @@ class Transfer:
         mtime_ns: int | None = None,
     ) -> TusSession:
         """Open a resumable upload of `length` bytes; store `session.to_json()` to resume after a crash."""
-        protos = await self._initiate_upload(
+        protos = await self.initiate_upload(
             ref, length, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
         )
         if "tus" not in protos:
@@ -561,7 +559,7 @@ class Transfer:
                 reauthed = True
                 await self.gw.authenticate(stale=token)
             except _Transient as t:
-                if attempt >= self.retries:
+                if not self.retry.may_retry(attempt):
                     raise t.error from None
                 await self._pause(attempt)
                 attempt += 1
@@ -621,7 +619,7 @@ class Transfer:
                 await self.gw.authenticate(stale=token)
                 continue
             except _Transient as t:
-                if attempt >= self.retries:
+                if not self.retry.may_retry(attempt):
                     raise t.error from None
                 log.debug("tus %s: %s, retry %d", session.ref, t.error, attempt + 1)
                 await self._pause(attempt)
