@@ -105,6 +105,7 @@ class Config:
     negative_ttl: float
     dir_poll_interval: float
     readahead_max: int
+    read_ahead_kb: int
     io_threads: int
     allow_other: bool
     default_permissions: bool
@@ -445,6 +446,16 @@ OPTIONS: tuple[Option, ...] = (
         _duration_in(0.0, 86400.0),
     ),
     _o("readahead_max", "size", 8 * _MiB, "Largest sequential readahead window.", _size_at_least(128 * _KiB)),
+    _o(
+        "read_ahead_kb",
+        "int",
+        1024,
+        "Kernel readahead of the mount in KiB (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`), set by the "
+        "daemon once the mount is live when it may (root; otherwise it logs one line and keeps the "
+        "kernel's 128). 1024 lets sequential reads arrive as 1 MiB requests instead of 128 KiB ones; "
+        "0 leaves the kernel default.",
+        _int_in(0, 65536),
+    ),
     _o(
         "io_threads",
         "int",

@@ -72,6 +72,8 @@ class MountPlan:
     default_permissions: bool = False
     nonempty: bool = False
     drain_timeout: float = DRAIN_TIMEOUT
+    read_ahead_kb: int = 0
+    """The mount's kernel readahead (bdi read_ahead_kb) to set once it is live; 0 = kernel default."""
 
 
 def plan_from_config(config: Any) -> MountPlan:
@@ -84,6 +86,7 @@ def plan_from_config(config: Any) -> MountPlan:
         allow_other=config.allow_other,
         default_permissions=config.default_permissions,
         drain_timeout=_drain_bound(float(getattr(config, "drain_timeout", DRAIN_TIMEOUT))),
+        read_ahead_kb=int(config.read_ahead_kb),
     )
 
 
@@ -286,6 +289,55 @@ class CacheDirLock:
             os.close(fd)
 
 
+# ------------------------------------------------------------------------------- kernel readahead
+
+
+BDI_ROOT: Final = Path("/sys/class/bdi")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAheadResult:
+    """What `set_read_ahead` did: `applied` is True when the kernel now has the wanted value;
+    `message` is the one line for the log."""
+
+    applied: bool
+    message: str
+
+
+def set_read_ahead(mountpoint: str, kb: int, *, bdi_root: Path = BDI_ROOT) -> ReadAheadResult:
+    """Set the kernel readahead (KiB) of the FUSE mount at `mountpoint`: the kernel then turns a
+    sequential reader's page-cache misses into READ requests of up to `kb` KiB (capped by the
+    session's max_pages) instead of its default 128 KiB. The INIT reply can only lower this value,
+    hence sysfs: /sys/class/bdi/MAJOR:MINOR/read_ahead_kb, MAJOR:MINOR being the mount's st_dev.
+
+    The device number comes from /proc/self/mountinfo, not from a stat of the mountpoint: that stat
+    would be answered by this very daemon. Never raises: a missing bdi, a read-only sysfs or a
+    non-root user (the file is root's, mode 0644) give applied=False and a one-line message."""
+    mounted = control.mounted_filesystems().get(mountpoint)
+    if mounted is None:
+        return ReadAheadResult(
+            False, f"{mountpoint}: not in /proc/self/mountinfo; kernel readahead left as is"
+        )
+    path = bdi_root / mounted.devno / "read_ahead_kb"
+    try:
+        before = int(path.read_text().strip())
+        if before != kb:
+            path.write_text(f"{kb}\n")
+        after = int(path.read_text().strip())
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        hint = " (needs root)" if isinstance(e, PermissionError) else ""
+        return ReadAheadResult(
+            False,
+            f"{mountpoint}: kernel readahead not set to {kb} KiB: {path}: {why}{hint}; kept the default",
+        )
+    if after != kb:
+        return ReadAheadResult(
+            False, f"{mountpoint}: kernel readahead is {after} KiB after writing {kb} to {path}"
+        )
+    return ReadAheadResult(True, f"{mountpoint}: kernel readahead {after} KiB (was {before}; {path})")
+
+
 # ------------------------------------------------------------------------------------ unmount helpers
 
 
@@ -463,6 +515,11 @@ class Daemon:
         nursery.start_soon(self._serve_fuse, session)
         with trio.fail_after(30):
             await self._session_api.wait_initialized(session)
+        if plan.read_ahead_kb > 0:
+            # after INIT (whose reply could only lower it) and before anyone opens a file (an open
+            # file keeps the readahead it was opened with); never fails the mount
+            result = await trio.to_thread.run_sync(set_read_ahead, plan.mountpoint, plan.read_ahead_kb)
+            (log.debug if result.applied else log.info)("%s", result.message)
         server = control.ControlServer(socket_path, self._handle)
         self._control = server
         await server.bind()
