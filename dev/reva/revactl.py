@@ -89,6 +89,7 @@ class Stack:
     profile: str  # "main", or "ocm" (main + invites, ocmd, OCM shares, /ocm storage)
     idp: str  # idp of the demo users' ids
     token_expires: int  # lifetime in seconds of the access tokens the gateway mints
+    datagateway_advertise: str = ""  # URL the gateway hands out for transfers ("" = the real /data)
 
     @property
     def conf_dir(self) -> Path:
@@ -125,6 +126,11 @@ class Stack:
     @property
     def datagateway_url(self) -> str:
         return f"{self.http_base}/data"
+
+    @property
+    def datagateway_advertised(self) -> str:
+        """The data gateway URL in transfer answers (REVA_DATAGATEWAY_ADVERTISE, else the real one)."""
+        return self.datagateway_advertise or self.datagateway_url
 
     @property
     def webdav_url(self) -> str:
@@ -193,7 +199,13 @@ def _make_stack(
     expires = _env_int("REVA_TOKEN_EXPIRES", 86400)
     if expires < 1:
         raise RevactlError(f"REVA_TOKEN_EXPIRES={expires}: give a lifetime in seconds >= 1")
-    return Stack(name, var_dir, ports, binary, level, domain, profile, idp, expires)
+    advertise = os.environ.get("REVA_DATAGATEWAY_ADVERTISE", "").strip() if profile == "main" else ""
+    if advertise and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?", advertise):
+        raise RevactlError(
+            f"REVA_DATAGATEWAY_ADVERTISE={advertise!r}: expected an http(s) URL such as "
+            "http://127.0.0.1:19501/data"
+        )
+    return Stack(name, var_dir, ports, binary, level, domain, profile, idp, expires, advertise)
 
 
 def recorded_stack(stack: Stack) -> Stack:
@@ -207,6 +219,7 @@ def recorded_stack(stack: Stack) -> Stack:
             domain=str(rec.get("domain", stack.domain)),
             profile=str(rec.get("profile", stack.profile)),
             idp=str(rec.get("idp", stack.idp)),
+            datagateway_advertise=str(rec.get("datagateway_advertise", "")),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return stack
@@ -386,6 +399,7 @@ def template_values(stack: Stack, extra: dict[str, str] | None = None) -> dict[s
         "USERS_PROVIDER_ID": USERS_PROVIDER_ID,
         "DOMAIN": stack.domain,
         "IDP": stack.idp,
+        "DATAGATEWAY_ADVERTISE": stack.datagateway_advertised,
     }
     # Reva's default token lifetime is 86400 s; only a different REVA_TOKEN_EXPIRES adds the block.
     values["TOKEN_LIFETIME"] = (
@@ -526,6 +540,12 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
                     f"instance {stack.instance} already runs on other ports {running.ports}; "
                     "use `revactl down` first or another REVA_INSTANCE"
                 )
+            if running.datagateway_advertised != stack.datagateway_advertised:
+                raise RevactlError(
+                    f"instance {stack.instance} already runs advertising the data gateway "
+                    f"{running.datagateway_advertised}, not {stack.datagateway_advertised}; "
+                    "use `revactl down` first"
+                )
             running_pid = pid
             wait_ready(stack, lambda: None if _is_our_revad(running_pid, stack) else "exited", timeout)
             print(_describe(stack, pid))
@@ -548,6 +568,7 @@ def up(stack: Stack, *, timeout: float = 90.0, extra: dict[str, str] | None = No
             "ports": stack.ports,
             "domain": stack.domain,
             "idp": stack.idp,
+            "datagateway_advertise": stack.datagateway_advertise,
         }
         stack.stackfile.write_text(json.dumps(record))
         _rotate_log(stack)
@@ -680,6 +701,7 @@ def env_values(stack: Stack, prefix: str = "REVA_") -> dict[str, str]:
         f"{prefix}INSTANCE": s.instance,
         f"{prefix}GATEWAY": s.gateway,
         f"{prefix}DATAGATEWAY_URL": s.datagateway_url,
+        f"{prefix}DATAGATEWAY_ADVERTISED": s.datagateway_advertised,
         f"{prefix}WEBDAV_URL": s.webdav_url,
         f"{prefix}HTTP_URL": s.http_base,
         f"{prefix}VAR_DIR": str(s.var_dir),
@@ -706,6 +728,8 @@ environment (main stack):
   REVA_SHARES_PORT (14000) REVA_PUBLIC_PORT (13000)
   REVA_BIN (.cache/bin/revad)  REVA_LOG_LEVEL (info)  REVA_UP_TIMEOUT (90 s)
   REVA_TOKEN_EXPIRES (86400 s: lifetime of the access tokens the gateway mints)
+  REVA_DATAGATEWAY_ADVERTISE (the real http://127.0.0.1:<http port>/data: the data gateway URL the
+                    gateway hands out for transfers, e.g. a fault proxy's; main stack only)
 --ocm: the two OCM instances ocm-cernbox (domain cernbox.local, ports +100) and ocm-cesnet (cesnet.local,
 ports +200); `env --ocm` prints REVA_CERNBOX_* and REVA_CESNET_*. See dev/reva/NOTES.md.
 """
