@@ -39,7 +39,8 @@ class Mount:
         pw.write_text(self.password + "\n")
         pw.chmod(0o600)
         self.pwfile = pw
-        opts = ",".join(o for o in ("tls=false", "drain_timeout=60s", options) if o)
+        extra = os.environ.get("MESHFS_HOSTILE_MOUNT_OPTIONS", "")  # e.g. log_level=debug to chase a bug
+        opts = ",".join(o for o in ("tls=false", "drain_timeout=60s", options, extra) if o)
         r = meshfs(
             "mount", f"cs3://{user}@{reva.gateway}", os.fspath(self.mp),  # type: ignore[attr-defined]
             "--password-file", os.fspath(pw), "--cache-dir", os.fspath(self.cache), "-o", opts,

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import queue
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,20 @@ def _worker(root: str, seed: int, deadline: float, out: Any, pause: Any, go: Any
         out.put(("error", seed, ops, repr(exc)))
         raise
     out.put(("done", seed, ops, state))
+
+
+def _group(anomalies: list[tuple[float, str]]) -> dict[str, tuple[int, float, str]]:
+    """Anomalies by kind (operation + error, names and ids blanked): count, first time, first text."""
+    kinds: dict[str, tuple[int, float, str]] = {}
+    for at, text in anomalies:
+        head = text.split("; before:")[0]
+        kind = re.sub(r"\bf\d+\b", "F", re.sub(r"^w\d+ ", "", head))
+        kind = re.sub(
+            r"[0-9a-f]{12}", "X", re.sub(r"\d+ bytes", "N bytes", re.sub(r"(write F) \d+", r"\1", kind))
+        )
+        n, first_at, example = kinds.get(kind, (0, at, text))
+        kinds[kind] = (n + 1, first_at, example)
+    return kinds
 
 
 def _compare(server: ServerView, rel: str, state: dict[str, str]) -> list[str]:
@@ -207,18 +222,22 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
         "final_differences": final_bad,
         "anomalies": anomalies,
     }
-    out_file = REPO / ".cache" / "test-results" / "soak.json"
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(report, indent=1))
     minute = [f"{t:.0f}s:{v // 1024}M" for t, v in rss[:: max(1, len(rss) // 12)]]
     print(f"\nsoak: {total_ops} ops by {WORKERS} workers in {seconds:.0f}s; RSS series {' '.join(minute)}")
     print(f"soak: RSS start {rss[0][1]} KiB, early {first}, peak {peak}, late {last}, end {rss[-1][1]} KiB")
     for c in checks:
         n_diff = len(c["differences"])
         print(f"soak: check at {c['at']:.0f}s: {c['files']} files, {c['seconds']:.1f}s, {n_diff} differences")
-    print(f"soak: {len(anomalies)} anomalies (wrong answers or errors through the mount)")
-    for at, text in anomalies[:30]:
-        print(f"soak: anomaly at {at:.0f}s: {text}")
+    kinds = _group(anomalies)
+    report["anomaly_kinds"] = [
+        {"kind": k, "count": n, "first_at": at, "first": ex} for k, (n, at, ex) in kinds.items()
+    ]
+    print(f"soak: {len(anomalies)} anomalies (wrong answers or errors through the mount), {len(kinds)} kinds")
+    for kind, (n, at, example) in kinds.items():
+        print(f"soak: {n} x {kind}; first at {at:.0f}s: {example}")
+    out_file = REPO / ".cache" / "test-results" / "soak.json"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(report, indent=1))
     print(f"soak: details in {out_file}")
     assert all(not c["differences"] for c in checks), [c["differences"] for c in checks]
     assert not final_bad, final_bad
