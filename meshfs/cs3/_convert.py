@@ -98,12 +98,26 @@ def role_of(perms: Perm) -> Role | None:
     return None
 
 
+_PERM_FIELDS = tuple(PERM_FIELDS.items())
+# A listing holds few distinct permission sets: memoise the conversion by the message's bytes
+# (bounded; a listing of 10k entries costs one serialisation per entry instead of 19 Flag ORs).
+_PERM_MEMO: dict[bytes, Perm] = {}
+_PERM_MEMO_MAX = 256
+
+
 def perms_from_pb(p: Any) -> Perm:
-    out = Perm.NONE
-    for name, flag in PERM_FIELDS.items():
-        if getattr(p, name):
-            out |= flag
-    return out
+    key = p.SerializeToString(deterministic=True)
+    perms = _PERM_MEMO.get(key)
+    if perms is None:
+        bits = 0
+        for name, flag in _PERM_FIELDS:
+            if getattr(p, name):
+                bits |= flag.value
+        perms = Perm(bits)
+        if len(_PERM_MEMO) >= _PERM_MEMO_MAX:
+            _PERM_MEMO.clear()
+        _PERM_MEMO[key] = perms
+    return perms
 
 
 def perms_to_pb(perms: Perm) -> Any:
@@ -170,29 +184,76 @@ def lock_to_pb(lock: Lock) -> Any:
     return msg
 
 
+_EMPTY_MD: Mapping[str, str] = MappingProxyType({})
+# ids that repeat across a listing (the parent's, the owner's): memoised by their wire bytes
+_RID_MEMO: dict[bytes, ResourceId] = {}
+_UID_MEMO: dict[bytes, UserId] = {}
+_MEMO_MAX = 1024
+
+
+def _memo_rid(msg: Any) -> ResourceId:
+    key = msg.SerializeToString(deterministic=True)
+    rid = _RID_MEMO.get(key)
+    if rid is None:
+        if len(_RID_MEMO) >= _MEMO_MAX:
+            _RID_MEMO.clear()
+        rid = _RID_MEMO[key] = ResourceId(msg.storage_id, msg.space_id, msg.opaque_id)
+    return rid
+
+
+def _memo_uid(msg: Any) -> UserId:
+    key = msg.SerializeToString(deterministic=True)
+    uid = _UID_MEMO.get(key)
+    if uid is None:
+        if len(_UID_MEMO) >= _MEMO_MAX:
+            _UID_MEMO.clear()
+        uid = _UID_MEMO[key] = uid_from_pb(msg)
+    return uid
+
+
 def resource_from_pb(ri: Any) -> Resource:
-    md = dict(ri.arbitrary_metadata.metadata) if ri.HasField("arbitrary_metadata") else {}
+    """One ResourceInfo. Hot: a listing converts thousands of them, so it avoids repeated work."""
+    has = ri.HasField
+    md: Mapping[str, str] = _EMPTY_MD
+    if has("arbitrary_metadata"):
+        raw = ri.arbitrary_metadata.metadata
+        if len(raw):
+            md = MappingProxyType(dict(raw))
     checksum = None
-    if ri.HasField("checksum") and ri.checksum.sum:
-        checksum = Checksum(_CHECKSUMS.get(ri.checksum.type, "unknown"), ri.checksum.sum)
-    rid = rid_from_pb(ri.id)
+    if has("checksum"):
+        ck = ri.checksum
+        if ck.sum:
+            checksum = Checksum(_CHECKSUMS.get(ck.type, "unknown"), ck.sum)
+    i = ri.id
+    rid = ResourceId(i.storage_id, i.space_id, i.opaque_id)
+    parent_id = None
+    if has("parent_id"):
+        p = ri.parent_id
+        if p.opaque_id:
+            parent_id = _memo_rid(p)
+    owner = None
+    if has("owner"):
+        o = ri.owner
+        if o.opaque_id:
+            owner = _memo_uid(o)
+    mt = ri.mtime
     return Resource(
-        id=rid,
-        parent_id=rid_from_pb(ri.parent_id) if ri.HasField("parent_id") and ri.parent_id.opaque_id else None,
-        name=ri.name or ri.path.rstrip("/").rpartition("/")[2],
-        path=ri.path,
-        kind=_KINDS.get(ri.type, Kind.OTHER),
-        size=int(ri.size),
-        mtime_ns=ts_ns(ri.mtime),
-        etag=ri.etag,
-        mime=ri.mime_type,
-        permissions=perms_from_pb(ri.permission_set),
-        lock=lock_from_pb(ri.lock) if ri.HasField("lock") else None,
-        metadata=MappingProxyType(md),
-        checksum=checksum,
-        owner=uid_from_pb(ri.owner) if ri.HasField("owner") and ri.owner.opaque_id else None,
-        space_id=rid.space_id,
-        target=ri.target,
+        rid,
+        parent_id,
+        ri.name or ri.path.rstrip("/").rpartition("/")[2],
+        ri.path,
+        _KINDS.get(ri.type, Kind.OTHER),
+        ri.size,
+        mt.seconds * 1_000_000_000 + mt.nanos,
+        ri.etag,
+        ri.mime_type,
+        perms_from_pb(ri.permission_set),
+        lock_from_pb(ri.lock) if has("lock") else None,
+        md,
+        checksum,
+        owner,
+        rid.space_id,
+        ri.target,
     )
 
 
