@@ -10,6 +10,7 @@ Must not import: grpc, cs3apis, urllib3, meshfs.fuse (the node values are plain 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from meshfs.cs3 import Resource, ResourceId
@@ -41,6 +42,11 @@ class Node:
     `resource` is the last Stat/listing answer and `fetched` the trio time it arrived; `parent` and
     `name` are where the kernel last looked it up (for logs, the journal and path-relative views).
     `readonly` is set for resources reached through a viewer share.
+
+    Etag validation (vfs/tree.py): `observed` is the trio time the server call that produced
+    `resource` began. For directories, `etag` is the last etag seen, `etag_since` the time the call
+    that first showed it ended and `etag_checked` the time the latest call that showed it again began:
+    nothing below the directory changed on the server between those two times.
     """
 
     inode: int
@@ -61,6 +67,10 @@ class Node:
     unlinked: bool = False
     #: for the entries of shared-with-me/: the received share they stand for
     share_id: str | None = None
+    observed: float = -math.inf
+    etag: str | None = None
+    etag_since: float = math.inf
+    etag_checked: float = -math.inf
 
     @property
     def key(self) -> str | None:

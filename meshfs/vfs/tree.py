@@ -6,22 +6,30 @@ what they contain (accepted/pending received shares, the user's own shares, proj
 Nodes are addressed on the server by resource id (`Ref.to(rid)`) and their children by
 `Ref(parent rid, "./name")`, so renames never invalidate a node's reference.
 
+Etag validation: a directory's etag changes whenever anything below it changes (names, contents,
+metadata; not locks). A listing, and the attributes of a directory's children, stay valid past their
+TTL as long as one Stat of the directory (~3 ms instead of a relist) shows the etag they were fetched
+under, and only for the TTL after that Stat: what is served was true on the server at most a TTL ago,
+exactly as with plain TTLs. Lock state is not covered (locks do not move etags): callers that need it
+ask with `force=True`.
+
 Must not import: grpc, cs3apis, urllib3, meshfs.fuse; errors leave as MeshError (ops.py maps them).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from cachetools import LRUCache, TTLCache
 
 from meshfs.cs3 import Kind as RKind
 from meshfs.cs3 import OcmReceivedShare, Perm, ReceivedShare, Ref, Resource, Shares, ShareState, Storage
-from meshfs.errors import NotFound, PermissionDenied, ServerUnavailable
+from meshfs.errors import MeshError, NotFound, PermissionDenied, ServerUnavailable
 from meshfs.vfs.inodes import ROOT, InodeTable, Kind, Node, Virtual
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,28 @@ _WRITE_PERMS = Perm.UPLOAD | Perm.CREATE_CONTAINER | Perm.DELETE | Perm.MOVE
 
 def node_kind(r: Resource) -> Kind:
     return Kind.DIR if r.kind is RKind.DIR else Kind.SYMLINK if r.kind is RKind.SYMLINK else Kind.FILE
+
+
+@dataclass(slots=True)
+class _Check:
+    """An etag check of one directory in flight."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    reachable: bool = True
+
+
+@dataclass(slots=True)
+class _Listing:
+    """A directory's entries and the trio time the server call that listed them began."""
+
+    entries: dict[str, Node]
+    observed: float
+
+
+# child lookups by name in one quiet directory after which it is listed instead (one ListContainer
+# rather than a Stat per name: `stat` of every file of a directory, `find -newer`...)
+RELIST_AFTER = 32
+RELIST_WINDOW = 2.0  # seconds within which those lookups happened
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +105,14 @@ class Tree:
         self.attr_ttl = attr_ttl
         self.entry_ttl = entry_ttl
         self.negative_ttl = negative_ttl
-        ttl = entry_ttl if list_ttl is None else list_ttl
-        self._listings: TTLCache[int, dict[str, Node]] = TTLCache(
-            maxsize=4096, ttl=max(ttl, 0.001), timer=trio.current_time
-        )
+        self.list_ttl = entry_ttl if list_ttl is None else list_ttl
+        self._listings: LRUCache[int, _Listing] = LRUCache(maxsize=4096)
+        # directory etag checks in flight (one Stat serves every waiter)
+        self._checks: dict[int, _Check] = {}
+        # per directory: trio time its entries last changed through this mount, and how many
+        # children were looked up by name (Stat) since then without a usable listing
+        self._touched: dict[int, float] = {}
+        self._misses: dict[int, tuple[float, int]] = {}  # inode -> (first miss time, count)
         self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
             maxsize=65536, ttl=max(negative_ttl, 0.001), timer=trio.current_time
         )
@@ -122,20 +156,99 @@ class Tree:
 
     # ---- attributes ------------------------------------------------------------------------------
 
-    def _set_resource(self, node: Node, res: Resource) -> None:
+    def _set_resource(self, node: Node, res: Resource, began: float | None = None) -> None:
+        """Record a server answer about `node`; `began` = trio time the call that gave it began."""
+        now = trio.current_time()
         node.resource = res
-        node.fetched = trio.current_time()
+        node.fetched = now
         node.kind = node_kind(res)
+        self._observed(node, res, now if began is None else began, now)
+
+    @staticmethod
+    def _observed(node: Node, res: Resource, began: float, ended: float) -> None:
+        node.observed = began
+        if res.kind is RKind.DIR and res.etag:
+            if res.etag != node.etag:
+                node.etag, node.etag_since, node.etag_checked = res.etag, ended, began
+            elif began > node.etag_checked:
+                node.etag_checked = began
+
+    def _confirmed(self, d: Node | None, observed: float, ttl: float) -> bool:
+        """Was something observed at `observed` inside directory `d` confirmed unchanged by a Stat of
+        `d` less than `ttl` ago (no RPC)?"""
+        return (
+            d is not None
+            and d.etag is not None
+            and observed >= d.etag_since
+            and trio.current_time() - d.etag_checked < ttl
+        )
+
+    def _confirmable(self, d: Node | None, observed: float) -> bool:
+        """Could one Stat of `d` confirm what was observed inside it at `observed`?"""
+        return (
+            d is not None
+            and d.rid is not None
+            and d.etag is not None
+            and observed >= d.etag_since
+            and self._touched.get(d.inode, -math.inf) <= d.etag_checked  # our own change moved it
+        )
+
+    async def _check(self, d: Node) -> bool:
+        """Stat directory `d` (one call for all concurrent askers) to learn whether its etag moved.
+        False when the server is unreachable: callers then serve what they have, as stat() does."""
+        pending = self._checks.get(d.inode)
+        if pending is not None:
+            await pending.done.wait()
+            return pending.reachable
+        check = self._checks[d.inode] = _Check()
+        try:
+            assert d.rid is not None
+            began = trio.current_time()
+            res = await self.storage.stat(Ref.to(d.rid))
+            self._set_resource(d, res, began)
+        except NotFound:
+            d.unlinked = True
+        except ServerUnavailable as e:
+            self._outage(e)
+            check.reachable = False
+        except MeshError as e:
+            log.debug("etag check of %s: %s", self.path_of(d), e)
+        finally:
+            del self._checks[d.inode]
+            check.done.set()
+        return check.reachable
+
+    def _parent_of(self, node: Node) -> Node | None:
+        parent = self.inodes.get(node.parent)
+        return parent if parent is not None and parent.inode != node.inode else None
 
     def fresh(self, node: Node) -> bool:
-        return node.resource is not None and trio.current_time() - node.fetched < self.attr_ttl
+        """The node's cached attributes may be served without asking the server."""
+        if node.resource is None or node.fetched < 0:
+            return False
+        if trio.current_time() - node.fetched < self.attr_ttl:
+            return True
+        return self._confirmed(self._parent_of(node), node.observed, self.attr_ttl)
+
+    async def _revalidated(self, node: Node) -> bool:
+        """fresh(), or made fresh by one etag check of the parent directory."""
+        if self.fresh(node):
+            return True
+        if node.resource is None or node.fetched < 0:
+            return False
+        parent = self._parent_of(node)
+        if parent is None or not self._confirmable(parent, node.observed):
+            return False
+        # unreachable server: serve what we last knew
+        return not await self._check(parent) or self.fresh(node)
 
     async def stat(self, node: Node, *, force: bool = False) -> Resource | None:
         """The node's resource, from the cache while fresh. None for virtual directories."""
         if node.rid is None:
             return None
-        if not force and self.fresh(node):
+        if not force and await self._revalidated(node):
             return node.resource
+        began = trio.current_time()
         try:
             res = await self.storage.stat(Ref.to(node.rid))
         except NotFound:
@@ -146,7 +259,7 @@ class Tree:
                 raise
             self._outage(e)
             return node.resource  # the server is unreachable: serve what we last knew
-        self._set_resource(node, res)
+        self._set_resource(node, res, began)
         return res
 
     def _outage(self, e: Exception) -> None:
@@ -189,6 +302,7 @@ class Tree:
         try:
             yield
         finally:
+            now = trio.current_time()
             for d in dirs:
                 left = self._busy.get(d.inode, 1) - 1
                 if left:
@@ -196,6 +310,8 @@ class Tree:
                 else:
                     self._busy.pop(d.inode, None)
                 self._gen[d.inode] = self._gen.get(d.inode, 0) + 1
+                self._touched[d.inode] = now  # its etag moved: a check would only say so
+                self._misses.pop(d.inode, None)
 
     def _stamp(self, inode: int) -> tuple[int, int]:
         return self._gen.get(inode, 0), self._busy.get(inode, 0)
@@ -219,12 +335,43 @@ class Tree:
         self._listings.pop(inode, None)
         self._known.pop(inode, None)
 
+    def known_listing(self, inode: int) -> dict[str, Node] | None:
+        """The last listing of a directory, valid or not, without asking the server (for diffs)."""
+        return self._known.get(inode)
+
+    def _listing_fresh(self, d: Node, cached: _Listing) -> bool:
+        if trio.current_time() - cached.observed < self.list_ttl:
+            return True
+        return d.virtual is None and self._confirmed(d, cached.observed, self.list_ttl)
+
     def cached_listings(self) -> list[int]:
-        return list(self._listings.keys())
+        """Directories whose listing is cached and currently valid without asking the server."""
+        out = []
+        for inode, cached in list(self._listings.items()):
+            d = self.inodes.get(inode)
+            if d is not None and self._listing_fresh(d, cached):
+                out.append(inode)
+        return out
+
+    async def _cached_listing(self, d: Node) -> dict[str, Node] | None:
+        """The cached listing of `d` if still valid, after one etag check of `d` when that can tell."""
+        cached = self._listings.get(d.inode)
+        if cached is None:
+            return None
+        if self._listing_fresh(d, cached):
+            return cached.entries
+        if d.virtual is not None or not self._confirmable(d, cached.observed):
+            return None
+        reachable = await self._check(d)
+        cached = self._listings.get(d.inode)  # a local change may have dropped it meanwhile
+        if cached is not None and (not reachable or self._listing_fresh(d, cached)):
+            return cached.entries  # confirmed, or the server is unreachable: serve what we know
+        return None
 
     def add_to_listing(self, parent: Node, name: str, child: Node) -> None:
         self._seen[(parent.inode, name)] = child
-        listing = self._listings.get(parent.inode)
+        cached = self._listings.get(parent.inode)
+        listing = None if cached is None else cached.entries
         if listing is not None:
             listing[name] = child
         known = self._known.get(parent.inode)
@@ -234,18 +381,23 @@ class Tree:
 
     def remove_from_listing(self, parent: Node, name: str) -> None:
         self._seen.pop((parent.inode, name), None)
-        for cache in (self._listings, self._known):
-            listing = cache.get(parent.inode)
-            if listing is not None:
-                listing.pop(name, None)
+        cached = self._listings.get(parent.inode)
+        if cached is not None:
+            cached.entries.pop(name, None)
+        known = self._known.get(parent.inode)
+        if known is not None:
+            known.pop(name, None)
 
-    def _adopt(self, parent: Node, res: Resource, name: str | None = None) -> Node:
+    def _adopt(
+        self, parent: Node, res: Resource, name: str | None = None, began: float | None = None
+    ) -> Node:
         node = self.inodes.node_for(res.id, node_kind(res), name or res.name, parent.inode)
         node.readonly = parent.readonly or node.readonly
         if node.local_size is None:  # local changes win over the server's view until uploaded
-            self._set_resource(node, res)
+            self._set_resource(node, res, began)
         else:
             node.resource, node.fetched = res, trio.current_time()
+            node.observed = -math.inf  # what we serve is local, not the server's answer
         node.unlinked = False
         return node
 
@@ -256,7 +408,7 @@ class Tree:
             if name not in entries:
                 raise NotFound("no such entry", op="lookup", path=self.path_of(parent) + "/" + name)
             return entries[name]
-        listing = self._listings.get(parent.inode)
+        listing = await self._cached_listing(parent)
         if listing is not None:
             node = listing.get(name)
             if node is None:
@@ -264,7 +416,36 @@ class Tree:
             return node
         if self.is_negative(parent, name):
             raise NotFound("no such entry (cached)", op="lookup", path=self.path_of(parent) + "/" + name)
+        known = self._seen.get((parent.inode, name))
+        if (
+            known is not None
+            and known.parent == parent.inode
+            and known.name == name
+            and not known.unlinked
+            and known.resource is not None
+            and known.resource.name == name  # the server's own view of where it is, when observed
+            and (known.resource.parent_id is None or known.resource.parent_id == parent.rid)
+            and await self._revalidated(known)
+        ):
+            return known  # looked up before, and the directory's etag says nothing changed since
+        now = trio.current_time()
+        first, misses = self._misses.get(parent.inode, (now, 0))
+        if now - first > RELIST_WINDOW:
+            first, misses = now, 0
+        self._misses[parent.inode] = (first, misses + 1)
+        if misses + 1 >= RELIST_AFTER and parent.inode not in self._busy:
+            # many names of this quiet directory asked one by one: one listing answers them all
+            self._misses.pop(parent.inode, None)
+            try:
+                entries = await self.listing(parent)
+            except MeshError as e:
+                log.debug("listing %s instead of lookups: %s", self.path_of(parent), e)
+            else:
+                if name not in entries:
+                    raise NotFound("no such entry", op="lookup", path=self.path_of(parent) + "/" + name)
+                return entries[name]
         stamp = self._stamp(parent.inode)
+        began = trio.current_time()
         try:
             res = await self.storage.stat(self.child_ref(parent, name))
         except NotFound:
@@ -279,21 +460,27 @@ class Tree:
                 raise
             self._outage(e)
             return known
-        node = self._adopt(parent, res, name)
+        node = self._adopt(parent, res, name, began)
         self._seen[(parent.inode, name)] = node
         return node
 
     async def listing(self, parent: Node) -> dict[str, Node]:
-        """name → node for every entry of a directory (cached for the listing TTL)."""
-        listing = self._listings.get(parent.inode)
+        """name → node for every entry of a directory (cached for the listing TTL, and past it while
+        the directory's etag is unchanged)."""
+        listing = await self._cached_listing(parent)
         if listing is not None:
             return listing
+        began = trio.current_time()
         if parent.virtual is not None:
             listing = await self._list_virtual(parent)
         else:
             if parent.rid is None:
                 raise NotFound("no such directory", op="list", path=self.path_of(parent))
+            if parent.etag is None or self._touched.get(parent.inode, -math.inf) > parent.etag_checked:
+                # learn the directory's etag first, so that a Stat can confirm this listing later
+                await self._check(parent)
             stamp = self._stamp(parent.inode)
+            began = trio.current_time()
             try:
                 resources = await self.storage.list_container(Ref.to(parent.rid))
             except ServerUnavailable as e:
@@ -302,10 +489,10 @@ class Tree:
                     raise
                 self._outage(e)
                 return known
-            listing = {r.name: self._adopt(parent, r) for r in resources}
+            listing = {r.name: self._adopt(parent, r, began=began) for r in resources}
             if not self._quiet_since(parent.inode, stamp):
                 return listing  # a local change overlapped: good for this caller, not for the cache
-        self._listings[parent.inode] = listing
+        self._listings[parent.inode] = _Listing(listing, began)
         self._known[parent.inode] = listing
         return listing
 
