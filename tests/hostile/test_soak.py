@@ -133,6 +133,9 @@ def _compare(server: ServerView, rel: str, state: dict[str, str]) -> list[str]:
     return bad
 
 
+# the soak's own length plus room for the checks, the final sync and the second mount (pytest-timeout
+# would otherwise stop it at the suite default)
+@pytest.mark.timeout(int(float(os.environ.get("MESHFS_SOAK_SECONDS", "600"))) + 1500)
 def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: Path, reva) -> None:  # type: ignore[no-untyped-def]
     from conftest import Mount, meshfs  # type: ignore[import-not-found]
 
