@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import shlex
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,3 +109,73 @@ def wait_until(what: Callable[[], T], timeout: float, message: str, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{message}: not within {timeout:g} s (last: {last!r})")
         time.sleep(interval)
+
+
+# ---- a private Reva stack behind fault proxies ----------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+REVACTL = REPO / "dev" / "reva" / "revactl"
+#: revactl's default gateway and HTTP (ocdav + /data) ports; an instance adds REVA_PORT_OFFSET
+GATEWAY_PORT, HTTP_PORT = 19000, 19001
+
+
+@dataclass
+class PrivateStack:
+    """A revactl instance of ours (REVA_INSTANCE / REVA_PORT_OFFSET + extra REVA_* settings)."""
+
+    instance: str
+    offset: int
+    settings: dict[str, str] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def revactl(self, *args: str, timeout: float = 180) -> str:
+        env = {**os.environ, "REVA_INSTANCE": self.instance, "REVA_PORT_OFFSET": str(self.offset)}
+        proc = subprocess.run(
+            [os.fspath(REVACTL), *args], cwd=REPO, env={**env, **self.settings},
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"revactl {' '.join(args)} ({self.instance}) failed: {proc.stdout}{proc.stderr}"
+            )
+        return proc.stdout
+
+    def up(self) -> None:
+        self.revactl("up")
+        for line in self.revactl("env", timeout=30).splitlines():
+            key, sep, raw = line.partition("=")
+            if sep:
+                values = shlex.split(raw)
+                self.env_vars[key] = values[0] if values else ""
+
+    @property
+    def gateway_port(self) -> int:
+        return GATEWAY_PORT + self.offset
+
+    @property
+    def http_port(self) -> int:
+        return HTTP_PORT + self.offset
+
+
+def bounded(fn: Callable[..., T], *args: Any, limit: float) -> tuple[T | BaseException, float]:
+    """Run a possibly blocking call (file system through the mount) in a thread: (its value or the
+    exception it raised, seconds taken). A call still blocked after `limit` seconds is a hang:
+    AssertionError (the thread stays blocked until the mount is torn down)."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn(*args))
+        except BaseException as exc:
+            box.append(exc)
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    elapsed = time.monotonic() - t0
+    if thread.is_alive():
+        raise AssertionError(
+            f"{getattr(fn, '__name__', fn)}{args!r} still blocked after {limit:g} s (a hang)"
+        )
+    return box[0], elapsed
