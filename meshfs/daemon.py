@@ -74,6 +74,7 @@ class MountPlan:
     drain_timeout: float = DRAIN_TIMEOUT
     read_ahead_kb: int = 0
     """The mount's kernel readahead (bdi read_ahead_kb) to set once it is live; 0 = kernel default."""
+    max_background: int = 64
 
 
 def plan_from_config(config: Any) -> MountPlan:
@@ -87,6 +88,7 @@ def plan_from_config(config: Any) -> MountPlan:
         default_permissions=config.default_permissions,
         drain_timeout=_drain_bound(float(getattr(config, "drain_timeout", DRAIN_TIMEOUT))),
         read_ahead_kb=int(config.read_ahead_kb),
+        max_background=int(config.max_background),
     )
 
 
@@ -669,6 +671,7 @@ class SessionApi:
             default_permissions=plan.default_permissions or plan.allow_other,
             ro=plan.read_only,
             nonempty=plan.nonempty,
+            max_background=plan.max_background,
         )
         try:
             # blocking (mount(2) or fusermount3), bounded inside by 30 s timeouts

@@ -254,3 +254,16 @@ def test_not_root_mounts_anyway_with_the_kernel_default(user_rig: Rig, nobody: p
     assert len(said) == 1, log
     assert "Permission denied (needs root)" in said[0] and " INFO " in said[0], said[0]
     assert "ERROR" not in log and "WARNING" not in log, log
+
+
+# ------------------------------------------------------- options that reach the FUSE session
+
+
+def test_max_background_reaches_the_kernel(rig: Rig) -> None:
+    """`-o max_background=N` is what the kernel's connection reports (it used to stay at 64)."""
+    _mount(rig, "-o", "max_background=17")
+    try:
+        minor = devno(rig.mountpoint).split(":")[1]
+        assert int(Path(f"/sys/fs/fuse/connections/{minor}/max_background").read_text()) == 17
+    finally:
+        _umount(rig)
