@@ -90,10 +90,16 @@ class ResourceId:
     storage_id: str
     space_id: str
     opaque_id: str
+    # str() is the key of inode and cache tables, asked for per entry of every listing: kept once made
+    _text: str = field(default="", init=False, repr=False, compare=False, hash=False)
 
     def __str__(self) -> str:
         # the form Reva prints and accepts in WebDAV URLs: storage$space!opaque
-        return f"{self.storage_id}${self.space_id}!{self.opaque_id}"
+        text = self._text
+        if not text:
+            text = f"{self.storage_id}${self.space_id}!{self.opaque_id}"
+            object.__setattr__(self, "_text", text)
+        return text
 
     @classmethod
     def parse(cls, text: str) -> ResourceId:

@@ -48,6 +48,7 @@ ROOT_ENTRIES: tuple[tuple[str, int, Virtual | None], ...] = (
 )
 
 _WRITE_PERMS = Perm.UPLOAD | Perm.CREATE_CONTAINER | Perm.DELETE | Perm.MOVE
+_WRITE_BITS: int = _WRITE_PERMS.value
 
 
 def node_kind(r: Resource) -> Kind:
@@ -272,7 +273,10 @@ class Tree:
         if node.virtual is not None or node.readonly:
             return False
         res = node.resource
-        return res is None or res.permissions is Perm.NONE or bool(res.permissions & _WRITE_PERMS)
+        if res is None:
+            return True
+        bits: int = res.permissions._value_  # plain ints: Flag arithmetic costs µs per entry listed
+        return bits == 0 or bool(bits & _WRITE_BITS)
 
     # ---- names -----------------------------------------------------------------------------------
 

@@ -123,3 +123,11 @@ async def test_long_listings_convert_in_a_thread_with_the_same_result() -> None:
     assert got == [conv.resource_from_pb(ri) for ri in infos_]
     short = await _convert_many(infos_[:3])
     assert short == got[:3]
+
+
+def test_resource_id_text_is_made_once_and_ignored_by_equality() -> None:
+    a, b = ResourceId("st", "sp", "op"), ResourceId("st", "sp", "op")
+    assert str(a) == "st$sp!op" == str(a)  # the second time from the kept text
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1  # b has no text made yet
+    assert str(ResourceId.parse(str(a))) == str(a) and ResourceId.parse(str(a)) == a
+    assert repr(a) == "ResourceId(storage_id='st', space_id='sp', opaque_id='op')"
