@@ -12,39 +12,35 @@ import errno
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+from rig import REPO, Mount, run_meshfs, wait_for
+from rig import Mounter as _Mounter
 
 from meshfs.cs3 import BasicCredentials, Gateway, Lock, Ref, Resource, Secret, Shares, Storage
 
+__all__ = [
+    "REPO",
+    "Cs3",
+    "LockProc",
+    "LoopThread",
+    "Mounter",
+    "Node",
+    "PausableProxy",
+    "errno_of",
+    "run_meshfs",
+    "wait_for",
+]
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 T = TypeVar("T")
-CLI_TIMEOUT = 120.0
-
-
-# ---- bounded waits -------------------------------------------------------------------------------
-
-
-def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `cond` until it returns something truthy; AssertionError naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = cond()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 def errno_of(fn: Callable[[], object]) -> str | None:
@@ -56,130 +52,36 @@ def errno_of(fn: Callable[[], object]) -> str | None:
     return None
 
 
-# ---- the CLI and the mounts --------------------------------------------------------------------------
+# ---- the mounts ----------------------------------------------------------------------------------
 
 
-def run_meshfs(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meshfs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        check=False,
-    )
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.fspath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-@dataclass
-class Node:
+class Node(Mount):
     """One mount (= one node): its mountpoint, cache dir and daemon pid."""
-
-    mountpoint: Path
-    cache_dir: Path
-    user: str
-    pid: int = 0
-
-    @property
-    def home(self) -> Path:
-        return self.mountpoint / "home"
-
-    def status(self) -> dict[str, Any]:
-        proc = run_meshfs("status", os.fspath(self.mountpoint), "--json", timeout=30)
-        assert proc.returncode == 0, f"meshfs status failed: {proc.stderr.strip()}"
-        entries: list[dict[str, Any]] = json.loads(proc.stdout)["mounts"]
-        return entries[0]
 
     def locks(self) -> list[dict[str, Any]]:
         """The CS3 leases this mount holds (`meshfs status --json`)."""
         fs = self.status().get("fs") or {}
         return list(fs.get("locks", []))
 
-    def sync(self, timeout: float = 60.0) -> None:
-        proc = run_meshfs("sync", os.fspath(self.mountpoint), "--timeout", str(timeout), timeout=timeout + 30)
+    def sync(self, path: Path | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`meshfs sync` of the whole mount; fails the test unless it succeeded."""
+        proc = super().sync(path, timeout)
         assert proc.returncode == 0, f"meshfs sync failed: {proc.stdout}{proc.stderr}"
+        return proc
+
+
+def _debug_options() -> tuple[str, ...]:
+    extra = os.environ.get("MESHFS_LOCKTEST_OPTS", "")  # e.g. log_level=debug while debugging
+    return (extra,) if extra else ()
 
 
 @dataclass
-class Mounter:
-    """Mounts demo users below `root` through `meshfs mount`; `close()` leaves no mount and no daemon."""
+class Mounter(_Mounter):
+    """The lock tests' mounts (rig.Mounter): `Node`s, a 30 s bound on each umount."""
 
-    gateway: str
-    passwords: dict[str, str]
-    root: Path
-    nodes: list[Node] = field(default_factory=list)
-
-    def mount(self, user: str = "einstein", *options: str, gateway: str | None = None) -> Node:
-        n = len(self.nodes)
-        mp = self.root / f"mnt-{user}-{n}"
-        cache = self.root / f"cache-{user}-{n}"  # a fresh cache dir per mount: a separate node
-        mp.mkdir(parents=True)
-        pw = self.root / f"{user}.password"
-        pw.write_text(self.passwords[user])
-        pw.chmod(0o600)
-        node = Node(mp, cache, user)
-        self.nodes.append(node)  # registered first: a half-made mount is cleaned up too
-        extra = os.environ.get("MESHFS_LOCKTEST_OPTS", "")  # e.g. log_level=debug while debugging
-        opts = ",".join(("tls=false", *options, *([extra] if extra else [])))
-        proc = run_meshfs(
-            "mount", f"cs3://{user}@{gateway or self.gateway}", os.fspath(mp),
-            "--password-file", os.fspath(pw), "--cache-dir", os.fspath(cache), "-o", opts,
-            timeout=90,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise AssertionError(f"meshfs mount failed ({proc.returncode}): {proc.stderr.strip()}")
-        node.pid = int(node.status()["pid"])
-        assert is_mounted(mp), f"{mp} is not mounted after a successful `meshfs mount`"
-        return node
-
-    def kill(self, node: Node) -> None:
-        """kill -9 of the node's daemon (the mount stays behind, dead, until close())."""
-        os.kill(node.pid, signal.SIGKILL)
-        wait_for(lambda: not pid_alive(node.pid), 10, f"daemon {node.pid} to die")
-
-    def unmount(self, node: Node) -> list[str]:
-        """`meshfs umount` (bounded), then lazy unmount and SIGKILL as fallbacks; returns what was forced."""
-        forced: list[str] = []
-        if is_mounted(node.mountpoint) and node.pid and pid_alive(node.pid):
-            try:
-                proc = run_meshfs("umount", os.fspath(node.mountpoint), "--timeout", "30", timeout=60)
-                if proc.returncode != 0:
-                    forced.append(f"umount {node.mountpoint}: {proc.stderr.strip()}")
-            except subprocess.TimeoutExpired:
-                forced.append(f"umount {node.mountpoint} hung")
-        if is_mounted(node.mountpoint):
-            forced.append(f"lazy unmount of {node.mountpoint}")
-            subprocess.run(
-                ["umount", "-l", os.fspath(node.mountpoint)], capture_output=True, timeout=30, check=False
-            )
-        if node.pid and pid_alive(node.pid):
-            with contextlib.suppress(AssertionError):
-                wait_for(lambda: not pid_alive(node.pid), 10, "daemon exit")
-            if pid_alive(node.pid):
-                forced.append(f"daemon {node.pid} killed")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(node.pid, signal.SIGKILL)
-        return forced
-
-    def close(self) -> list[str]:
-        forced: list[str] = []
-        for node in reversed(self.nodes):
-            forced += self.unmount(node)
-        self.nodes.clear()
-        return forced
+    options: tuple[str, ...] = field(default_factory=_debug_options)
+    umount_timeout: float = 30.0
+    mount_class: type[Mount] = Node
 
 
 # ---- lock-holding child processes ------------------------------------------------------------------
