@@ -12,47 +12,36 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from rig import (
+    REPO,
+    cli_env,
+    kill_registered,
+    lazy_unmount,
+    mounted,
+    one_line,
+    run_meshfs,
+    wait_for,
+    write_private,
+)
+
+__all__ = [
+    "REPO",
+    "Mounts",
+    "UserMount",
+    "create_project_space",
+    "mounted",
+    "ocm_share_folder",
+    "one_line",
+    "wait_for",
+]
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 CLI_TIMEOUT = 60.0
-T = TypeVar("T")
-
-
-def mounted(path: Path | str) -> bool:
-    target = os.fspath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-def wait_for(cond: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll `cond` until it is truthy; fail after `timeout` seconds (never an unbounded wait)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
-
-
-def one_line(stderr: str) -> str:
-    """The stderr of a failed command must be exactly one non-empty `meshfs: ...` line; return it."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got {lines!r}"
-    assert lines[0].startswith("meshfs: "), lines[0]
-    return lines[0]
 
 
 @dataclass
@@ -66,15 +55,7 @@ class UserMount:
     def meshfs(
         self, *args: str, timeout: float = CLI_TIMEOUT, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "meshfs", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=cwd,
-        )
+        return run_meshfs(*args, env=self.env, timeout=timeout, cwd=cwd)
 
     def share(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         """`meshfs share ARGS --mount MP`; with ok=True fail the test unless it exits 0."""
@@ -102,14 +83,7 @@ class Mounts:
     mounts: list[UserMount] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "MESHFS_RUNTIME_DIR": os.fspath(self.runtime_dir),
-            "MESHFS_FILESYSTEM": "hooked:HookedFilesystem",
-            "PYTHONPATH": os.pathsep.join([os.fspath(HERE), os.fspath(REPO)]),
-        }
-        env.pop("NOTIFY_SOCKET", None)
-        return env
+        return cli_env(self.runtime_dir, filesystem="hooked:HookedFilesystem", pythonpath=[HERE])
 
     def mount(
         self, username: str, *, gateway: str | None = None, tag: str = "", env: dict[str, str] | None = None
@@ -118,10 +92,7 @@ class Mounts:
         base = self.root / name
         base.mkdir()
         (base / "mnt").mkdir()
-        pw = base / "password"
-        fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.passwords[username])
+        pw = write_private(base / "password", self.passwords[username])
         m = UserMount(username, base / "mnt", base / "cache", pw, {**self.env(), **(env or {})})
         source = f"cs3://{username}@{gateway or self.gateway}"
         opts = ["-o", "tls=false", "-o", "dir_poll_interval=1"]
@@ -149,16 +120,8 @@ class Mounts:
                     problems.append(f"umount {m.mountpoint}: {proc.stderr.strip()}")
             if mounted(m.mountpoint):
                 problems.append(f"{m.mountpoint} still mounted")
-                subprocess.run(
-                    ["umount", "-l", os.fspath(m.mountpoint)], capture_output=True, timeout=30, check=False
-                )
-        for entry_file in self.runtime_dir.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                pid = int(json.loads(entry_file.read_text())["pid"])
-                problems.append(f"daemon {pid} still registered")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        return problems
+                lazy_unmount(m.mountpoint)
+        return problems + kill_registered(self.runtime_dir, report_stale=True)
 
 
 def create_project_space(gateway: str, owner: str, password: str, name: str) -> Any:
