@@ -84,6 +84,8 @@ import trio
 
 log = logging.getLogger(__name__)
 
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)  # 0: preadv may wait (only where Linux lacks it)
+
 __all__ = [
     "CacheFile",
     "CacheStore",
@@ -1384,6 +1386,30 @@ class CacheFile:
         e.atime = next(self._store._clock)
         return data
 
+    def try_read(self, off: int, size: int) -> bytes | memoryview | None:
+        """`read` for the event loop's thread: the bytes of [off, off+size) (short at EOF) if they
+        are cached *and* in the kernel's page cache (preadv with RWF_NOWAIT never waits for the
+        disk), else None: the caller then uses `read` in a worker thread (which also reports a
+        range that is not cached)."""
+        e = self._entry
+        epoch = e.epoch
+        end = min(off + size, e.size)
+        if end <= off:
+            return b""
+        fd = e.fd
+        if fd is None or self._closed or not e.present.contains(off, end - off):
+            return None
+        buf = bytearray(end - off)
+        try:
+            n = os.preadv(fd, [buf], off, _RWF_NOWAIT)
+        except OSError:
+            return None  # EAGAIN: not in the page cache (or no RWF_NOWAIT here)
+        if n != end - off or e.epoch != epoch:
+            return None
+        e.last_off = off
+        e.atime = next(self._store._clock)
+        return memoryview(buf)
+
     def mark_present(self, off: int, length: int, *, epoch: int | None = None) -> bool:
         """Record that [off, off+length) now holds the remote content (clipped to the file size).
         With `epoch` (the value of `self.epoch` read before fetching), a fill that raced with an
@@ -1445,23 +1471,70 @@ class CacheFile:
                         continue
                     raise _wrap_os_error(exc, what) from exc
             was_partial = e.partial
-            with store._lock:
-                before = e.present.total
-                if off > old_size:
-                    e.present = e.present.add(old_size, off - old_size)  # the hole reads as zeros
-                e.present = e.present.add(off, n)
-                e.size = max(old_size, off + n)
-                store._used += e.present.total - before
-                changed = e.present.total != before or e.size != old_size
-                e.generation += 1
-                e.unsynced = True
-                e.last_off = off
-                e.atime = next(store._clock)
+            changed = self._written(off, n, old_size)
             if was_partial and changed:
                 # only a write that covers missing bytes or extends the file changes the map
                 # (rewriting cached pages, as sqlite does, costs no journal write)
                 store._journal_ranges(e, f"journaling a write to {what}")
         return n
+
+    def try_write(self, off: int, data: bytes | memoryview) -> int | None:
+        """`write` for the event loop's thread: the same effect, but only when it needs no lock
+        another thread holds, no journal record and no error handling. Returns the number of bytes
+        written, or None when the caller must use `write` (in a worker thread) instead: the file is
+        busy (an upload's fsync, a truncate, an eviction), partly cached (its range map is journaled
+        per write), not dirty, or the pwrite failed or came back short (ENOSPC is handled by
+        `write`, which rewrites the whole range). The cost is one pwrite into the page cache."""
+        e = self._entry
+        n = len(data)
+        if e.pending is None or e.detached or self._closed or e.fd is None:
+            return None
+        if not e.mutex.acquire(blocking=False):
+            return None
+        try:
+            fd = e.fd
+            if fd is None or e.pending is None or e.detached or e.partial:
+                return None
+            if n == 0:
+                return 0
+            old_size = e.size
+            try:
+                if os.pwrite(fd, data, off) != n:
+                    return None  # short: `write` finishes it (and handles what made it short)
+            except OSError:
+                return None
+            self._written(off, n, old_size)
+            return n
+        finally:
+            e.mutex.release()
+
+    def _written(self, off: int, n: int, old_size: int) -> bool:
+        """Account for n bytes written at off (caller holds e.mutex); True if the size or the
+        present ranges changed."""
+        e = self._entry
+        store = self._store
+        with store._lock:
+            present = e.present
+            before = present.total
+            end = off + n
+            if len(present.starts) == 1 and present.starts[0] == 0 and off <= present.ends[0]:
+                # the common case (a write inside or appended to a fully cached file): the single
+                # interval [0, size) at most grows, no bisecting and splicing of tuples
+                if end > present.ends[0]:
+                    present = e.present = RangeSet((0,), (end,))
+            else:
+                if off > old_size:
+                    present = present.add(old_size, off - old_size)  # the hole reads as zeros
+                present = present.add(off, n)
+                e.present = present
+            e.size = max(old_size, end)
+            after = present.total
+            store._used += after - before
+            e.generation += 1
+            e.unsynced = True
+            e.last_off = off
+            e.atime = next(store._clock)
+            return after != before or e.size != old_size
 
     def truncate(self, size: int) -> None:
         """Set the file size (zeros when growing); the file must be dirty.
