@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import trio
@@ -44,6 +44,30 @@ class Conflict:
     path: str
     copy_name: str
     when: float
+
+
+class _Synced:
+    """The fsync of a cache file running beside its upload (`run` in a nursery, `wait` for it)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._event = trio.Event()
+        self._error: StoreError | None = None
+
+    async def run(self, cf: CacheFile) -> None:
+        try:
+            await trio.to_thread.run_sync(cf.sync_data)
+        except StoreError as e:
+            self._error = e
+        finally:
+            self.done = True
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return once the local data is durable; raise the fsync's error."""
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
 
 
 class _Stopped(Exception):
@@ -348,18 +372,38 @@ class WriteBack:
         await self._fill(rec, cf)
         generation = cf.generation
         size = cf.size
-        await trio.to_thread.run_sync(cf.sync_data)
         rec = await trio.to_thread.run_sync(
             lambda: self.store.update_pending(rec.key, state=PendingState.UPLOADING, error=None)
         )
         slot.progress.total = size
+        # The local copy is made durable (fsync) while it goes up, not before: the upload reads the
+        # page cache either way. What needs the fsync waits for it: saving a tus session to the
+        # journal (a resume after a power cut sends the local bytes past the server's offset) and
+        # marking the file clean (a failed fsync fails the attempt, which is retried).
+        synced = _Synced()
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(synced.run, cf)
+            try:
+                await self._upload_synced(rec, cf, size, generation, synced)
+            except Exception as e:  # raised after the nursery: not wrapped in an ExceptionGroup
+                error = e
+        if error is not None:
+            raise error
+
+    async def _upload_synced(
+        self, rec: PendingUpload, cf: CacheFile, size: int, generation: int, synced: _Synced
+    ) -> None:
         ref = Ref.to(ResourceId.parse(rec.resource_id)) if rec.resource_id else None
         new_id: ResourceId | None = None
         try:
             if ref is None:
                 raise NotFound("not on the server yet", op="upload", path=rec.path)
-            result = await self._send(rec, cf, ref, size, if_match=rec.base_etag, generation=generation)
+            result = await self._send(
+                rec, cf, ref, size, if_match=rec.base_etag, generation=generation, synced=synced
+            )
         except EtagMismatch:
+            await synced.wait()
             await self._conflict(rec, cf, size, generation)
             return
         except NotFound:
@@ -368,11 +412,15 @@ class WriteBack:
             if target is None:
                 raise
             try:
-                result = await self._send(rec, cf, target, size, if_not_exist=True, fresh=True, locked=False)
+                result = await self._send(
+                    rec, cf, target, size, if_not_exist=True, fresh=True, locked=False, synced=synced
+                )
             except AlreadyExists:
+                await synced.wait()
                 await self._conflict(rec, cf, size, generation)
                 return
             new_id = result.file_id or (await self.storage.stat(target)).id
+        await synced.wait()
         etag = result.etag
         if not etag:
             # no answer to the last request (cut, timed out): the server may have received every byte
@@ -412,6 +460,7 @@ class WriteBack:
         fresh: bool = False,
         locked: bool = True,
         generation: int = -1,
+        synced: _Synced | None = None,
     ) -> UploadResult:
         mtime_ns = self.mtimes.get(rec.key) or self.mtime_of(rec.key)
         # only the locked resource itself takes our lock id (a new conflict copy is not locked)
@@ -434,32 +483,38 @@ class WriteBack:
                 session = None
         if session is not None:
             try:
-                await self.transfer.tus_offset(session)
+                session = replace(session, offset=await self.transfer.tus_offset(session))
             except MeshError:
                 session = None  # expired or gone: start over
+        saved = session is not None
         if session is None:
             session = await self.transfer.start_tus(
                 ref, size, if_match=if_match, if_not_exist=if_not_exist, lock_id=lock_id, mtime_ns=mtime_ns
             )
-            await self._save_session(rec.key, session, generation)
         try:
             while True:
                 slot = self._slots.get(rec.key)
                 if slot is not None and slot.stop_requested:
                     slot.stop_requested = False
                     raise _Stopped()
+                if not saved and (synced is None or synced.done):
+                    # only a session over durable local data may be resumed after a crash
+                    await self._save_session(rec.key, session, generation)
+                    saved = True
+                # the offset is known (from the HEAD above or the last PATCH's answer): no HEAD
                 out = await self.transfer.tus_upload(
-                    session, cf.fd, chunk_size=self.chunk_size, max_bytes=self.chunk_size
+                    session, cf.fd, chunk_size=self.chunk_size, max_bytes=self.chunk_size, resume=False
                 )
                 if isinstance(out, UploadResult):
-                    await trio.to_thread.run_sync(
-                        partial(self.store.update_pending, rec.key, upload_token=None)
-                    )
+                    if saved:
+                        await trio.to_thread.run_sync(
+                            partial(self.store.update_pending, rec.key, upload_token=None)
+                        )
                     return out
                 session = out
                 if slot is not None:
                     slot.progress.done = session.offset
-                await self._save_session(rec.key, session, generation)
+                # (the saved session needs no update per chunk: a resume asks the server's offset)
         except MeshError:
             # a session the server refused once (409, 500, expired) is not tried again: start over
             await trio.to_thread.run_sync(partial(self.store.update_pending, rec.key, upload_token=None))
