@@ -26,7 +26,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -265,18 +265,32 @@ def _add_share_parsers(sub: Any) -> None:
     _share_common(p, top=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be rendered only when help is shown (`epilog_from`):
+    the mount option reference needs meshfs.config, which `meshfs sync` and friends never load."""
+
+    def __init__(self, *args: Any, epilog_from: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self._epilog_from is not None:
+            self.epilog, self._epilog_from = self._epilog_from(), None
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=MAIN_DESCRIPTION, epilog=MAIN_EPILOG, formatter_class=_HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"meshfs {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser(
         "mount",
         help="mount a CS3 storage",
         description=MOUNT_DESCRIPTION,
-        epilog=_mount_epilog(),
+        epilog_from=_mount_epilog,
         formatter_class=_HelpFormatter,
     )
     p.add_argument(
