@@ -191,7 +191,7 @@ class MeshFilesystem:
         node = self.inodes.get(inode)
         if node is None:
             return
-        before = dict(await self.tree.listing(node))
+        before = dict(self.tree.known_listing(inode) or {})  # last listing; the etag just moved
         self.tree.forget_listing(inode)
         try:
             after = await self.tree.listing(node)
