@@ -14,7 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rigs import HERE, REPO, Rig, cleanup
+from rig import cli_env, write_private
+from rigs import HERE, Rig, cleanup
 
 
 @pytest.fixture
@@ -29,16 +30,13 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         events_file=root / "events",
     )
     r.mountpoint.mkdir()
-    r.password_file.write_text("relativity\n")
-    r.password_file.chmod(0o600)
-    r.env = {
-        **os.environ,
-        "MESHFS_RUNTIME_DIR": os.fspath(r.runtime_dir),
-        "MESHFS_FILESYSTEM": "fakefs:FakeFilesystem",
-        "PYTHONPATH": os.pathsep.join([os.fspath(HERE), os.fspath(REPO)]),
-        "FAKEFS_EVENTS": os.fspath(r.events_file),
-    }
-    r.env.pop("NOTIFY_SOCKET", None)
+    write_private(r.password_file, "relativity\n")
+    r.env = cli_env(
+        r.runtime_dir,
+        filesystem="fakefs:FakeFilesystem",
+        pythonpath=[HERE],
+        FAKEFS_EVENTS=os.fspath(r.events_file),
+    )
     try:
         yield r
     finally:
