@@ -1,8 +1,9 @@
 """Errors: a gateway that is not there at mount time, and one that goes away under an established mount.
 
-The outage is made by a small trio TCP proxy between the mount and the gateway (metadata only: the
-data gateway URL comes from the server and is reached directly). The proxy can forward, black-hole
-(connections stay open, nothing passes) or reset (every connection is closed at once).
+The outage is made by the shared fault proxy (tests/faultproxy.py) between the mount and the gateway
+(metadata only: the data gateway URL comes from the server and is reached directly; tests/hostile puts a
+second proxy in front of it). Modes used here: "blackhole" (connections stay open, nothing passes) and
+"reset" (every connection is reset, RST, and so is every new one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from faultproxy import FaultProxy
 from mounthelp import WebDav, run_meshfs
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
@@ -85,65 +87,6 @@ def test_mount_with_a_wrong_password_fails_with_one_line(reva: Any, tmp_path: Pa
         assert os.fspath(mp) not in f.read()
 
 
-class Proxy:
-    """TCP proxy 127.0.0.1:<port> → target; mode "forward", "blackhole" or "reset"."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.mode = "forward"
-        self._changed = trio.Event()
-        self._scopes: set[trio.CancelScope] = set()
-        self.connections = 0
-
-    def set_mode(self, mode: str) -> None:
-        self.mode = mode
-        if mode == "reset":
-            for scope in list(self._scopes):
-                scope.cancel()
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def _gate(self) -> None:
-        while self.mode == "blackhole":
-            await self._changed.wait()
-        if self.mode == "reset":
-            raise trio.BrokenResourceError("reset")
-
-    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        self.connections += 1
-        with trio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                await self._gate()
-                upstream = await trio.open_tcp_stream(*self.target)
-                async with upstream, trio.open_nursery() as n:
-                    n.start_soon(self._pump, client, upstream, n.cancel_scope)
-                    n.start_soon(self._pump, upstream, client, n.cancel_scope)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-            finally:
-                self._scopes.discard(scope)
-        await client.aclose()
-
-    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
-        try:
-            while True:
-                await self._gate()
-                data = await src.receive_some(65536)
-                if not data:
-                    break
-                await self._gate()
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        done.cancel()
-
-
 async def in_thread(fn: Callable[..., Any], *args: Any, limit: float = 120.0) -> Any:
     """Run a blocking call (file system, CLI) off the trio loop that runs the proxy; bounded."""
     with trio.fail_after(limit):
@@ -182,7 +125,7 @@ async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recover
     tmp_path: Path,
 ) -> None:
     host, port = reva.gateway.rsplit(":", 1)
-    proxy = Proxy(host, int(port))
+    proxy = FaultProxy(int(port), host)
     proxy_port = await nursery.start(proxy.serve)
     mnt: Path = await in_thread(
         lambda: mount_factory("einstein", *OUTAGE_OPTIONS, gateway=f"127.0.0.1:{proxy_port}")
@@ -191,7 +134,7 @@ async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recover
     await in_thread(webdav.mkcol, name)
     await in_thread(webdav.put, f"{name}/f", b"x")
     try:
-        proxy.set_mode(outage)
+        proxy.set(outage)  # type: ignore[arg-type]
         # never listed by the mount: the listing needs the server
         code, elapsed = await timed_errno(os.listdir, mnt / "home" / name)
         assert code == errno.EIO, (
@@ -200,7 +143,7 @@ async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recover
         # the daemon itself stays responsive
         status = await in_thread(run_meshfs, "status", os.fspath(mnt), "--json", limit=30)
         assert status.returncode == 0, status.stderr
-        proxy.set_mode("forward")
+        proxy.set("forward")
         assert await wait_listdir_ok(mnt / "home" / name, 30) == ["f"]
         assert await in_thread((mnt / "home" / name / "f").read_bytes) == b"x"
         # new work after the outage
@@ -210,7 +153,7 @@ async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recover
         # checked last so that a slow EIO does not hide whether the mount survives and recovers
         assert elapsed <= EIO_BOUND, f"EIO only after {elapsed:.1f} s (bound {EIO_BOUND:g} s)"
     finally:
-        proxy.set_mode("forward")
+        proxy.set("forward")
         await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
         try:
             await in_thread(webdav.delete, name)
@@ -223,7 +166,7 @@ async def test_writes_during_an_outage_are_uploaded_when_the_server_is_back(
 ) -> None:
     """Nothing is lost: data written and closed while the gateway is unreachable reaches it afterwards."""
     host, port = reva.gateway.rsplit(":", 1)
-    proxy = Proxy(host, int(port))
+    proxy = FaultProxy(int(port), host)
     proxy_port = await nursery.start(proxy.serve)
     mnt: Path = await in_thread(
         lambda: mount_factory(
@@ -237,20 +180,20 @@ async def test_writes_during_an_outage_are_uploaded_when_the_server_is_back(
     try:
         assert await in_thread(f.read_bytes) == b"before the outage"
         fd = await in_thread(os.open, f, os.O_RDWR)
-        proxy.set_mode("reset")
+        proxy.set("reset")
         try:
             await in_thread(os.pwrite, fd, b"DURING", 0)
         finally:
             await in_thread(os.close, fd)
         assert await in_thread(f.read_bytes) == b"DURING the outage"
-        proxy.set_mode("forward")
+        proxy.set("forward")
         done = await in_thread(
             run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "90", limit=120
         )
         assert done.returncode == 0, done.stderr
         assert await in_thread(webdav.get, f"{name}/f") == b"DURING the outage"
     finally:
-        proxy.set_mode("forward")
+        proxy.set("forward")
         await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
         try:
             await in_thread(webdav.delete, name)
