@@ -473,6 +473,30 @@ def _propfind_status(stack: Stack, user: str, password: str, timeout: float = 5.
         conn.close()
 
 
+def purge_trash(stack: Stack, timeout: float = 120.0) -> None:
+    """Empty every demo user's trash bin (WebDAV DELETE on /remote.php/dav/trash-bin/<user>/, which
+    purges all items): decomposedfs keeps each deleted file, so a long test run grows the var dir."""
+    if _read_pid(stack) is None:
+        raise RevactlError(f"revad [{stack.instance}] is not running: `up` first (or `reset` to wipe all)")
+    running = recorded_stack(stack)
+    for user, password, _ in DEMO_USERS:
+        conn = http.client.HTTPConnection("127.0.0.1", running.ports["http"], timeout=timeout)
+        try:
+            auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+            conn.request(
+                "DELETE", f"/remote.php/dav/trash-bin/{user}/", headers={"Authorization": f"Basic {auth}"}
+            )
+            resp = conn.getresponse()
+            resp.read()
+        except OSError as exc:
+            raise RevactlError(f"purging {user}'s trash: {exc}") from None
+        finally:
+            conn.close()
+        if resp.status not in (200, 204):
+            raise RevactlError(f"purging {user}'s trash: DELETE answered {resp.status}")
+    print(f"revad [{stack.instance}] trash bins emptied ({', '.join(u for u, _, _ in DEMO_USERS)})")
+
+
 def wait_ready(stack: Stack, gone: Callable[[], str | None], timeout: float) -> None:
     """Wait until every demo user can log in and see its home (the first login creates it).
 
@@ -750,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         "reset": "stop and wipe the data",
         "status": "say whether it runs (exit 0) or not (exit 3)",
         "env": "print shell-sourceable REVA_* variables",
+        "purge-trash": "empty every demo user's trash bin (the stack keeps running)",
     }
     for name, text in helps.items():
         cmd = sub.add_parser(name, help=text)
@@ -776,6 +801,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             running = [status(s, extra) for s in stacks]
             return 0 if all(running) else 3
+        elif args.cmd == "purge-trash":
+            for s in stacks:
+                purge_trash(s)
         elif args.cmd == "env":
             print("\n".join(env_lines(stacks, ocm)))
     except RevactlError as exc:
