@@ -19,6 +19,9 @@ Semantics (what a client sees):
 - `arm_cut(after, direction, how)`: one shot; once `after` more bytes went in `direction`, the connection
   carrying the next byte is cut (the bytes up to the limit are delivered first): a fault mid-transfer
   that clears by itself.
+- `cut_each_after(after, direction, how)`: every connection is cut once it carried `after` bytes in
+  `direction` (None = off); with `stop_on_cut` the first such cut also stops the proxy (a server that
+  was killed: later connections are refused).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class _Conn:
     server: Any = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     how: How | None = None
+    sent: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
 
     def cut(self, how: How) -> None:
         if self.how is None:
@@ -133,6 +137,8 @@ class FaultProxy:
         self.connections = 0  # accepted so far
         self.cuts = 0  # connections closed or reset by a fault
         self._arm: _Arm | None = None
+        self._each: _Arm | None = None  # cut_each_after (remaining = the per-connection limit)
+        self.stop_on_cut = False
         self._live: set[_Conn] = set()
         self._pacers = {"up": _Pacer(), "down": _Pacer()}
         self._changed = trio.Event()
@@ -180,10 +186,10 @@ class FaultProxy:
         self._call(apply)
 
     def clear(self) -> None:
-        """Back to a plain forwarding proxy: mode forward, no latency, no caps, no armed cut."""
+        """Back to plain forwarding: mode forward, no latency, no caps, no armed or per-connection cut."""
 
         def apply() -> None:
-            self._arm = None
+            self._arm = self._each = None
 
         self._call(apply)
         self.set("forward", latency=0.0, rate=None)
@@ -197,6 +203,14 @@ class FaultProxy:
 
         def apply() -> None:
             self._arm = _Arm(direction, max(0, after), how)
+
+        self._call(apply)
+
+    def cut_each_after(self, after: int | None, direction: Direction = "down", how: How = "close") -> None:
+        """Cut every connection once it carried `after` bytes in `direction` (None: no more such cuts)."""
+
+        def apply() -> None:
+            self._each = None if after is None else _Arm(direction, max(0, after), how)
 
         self._call(apply)
 
@@ -333,28 +347,36 @@ class FaultProxy:
                     await self._gate()
                     await self._pacers[direction].take(len(piece), rate)
                     arm = self._arm
-                    cut_here = False
+                    cut_how: How | None = None
                     if arm is not None and arm.direction == direction:
                         if len(piece) > arm.remaining:
                             piece = piece[: arm.remaining]
                             self._arm = None
-                            cut_here = True
+                            cut_how = arm.how
                         else:
                             arm.remaining -= len(piece)
+                    each = self._each
+                    if each is not None and each.direction == direction:
+                        room = each.remaining - conn.sent[direction]
+                        if len(piece) > room:
+                            piece = piece[: max(0, room)]
+                            cut_how = cut_how or each.how
                     try:
                         if piece:
                             await dst.send_all(piece)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         conn.cut("reset")
                         return
+                    conn.sent[direction] += len(piece)
                     if direction == "up":
                         self.bytes_up += len(piece)
                     else:
                         self.bytes_down += len(piece)
-                    if cut_here:
-                        assert arm is not None
+                    if cut_how is not None:
                         self.cuts += 1
-                        conn.cut(arm.how)
+                        conn.cut(cut_how)
+                        if self.stop_on_cut:
+                            self.stop()
                         return
 
 
