@@ -112,8 +112,9 @@ class Tree:
         self._checks: dict[int, _Check] = {}
         # per directory: trio time its entries last changed through this mount, and how many
         # children were looked up by name (Stat) since then without a usable listing
-        self._touched: dict[int, float] = {}
-        self._misses: dict[int, tuple[float, int]] = {}  # inode -> (first miss time, count)
+        # (bounded: a forgotten entry costs at most one useless Stat or one late relist)
+        self._touched: LRUCache[int, float] = LRUCache(maxsize=65536)
+        self._misses: LRUCache[int, tuple[float, int]] = LRUCache(maxsize=4096)  # (first miss, count)
         self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
             maxsize=65536, ttl=max(negative_ttl, 0.001), timer=trio.current_time
         )
