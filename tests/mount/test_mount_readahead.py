@@ -89,6 +89,7 @@ def test_sequential_reads_arrive_in_1mib_requests(
         assert calls == SIZE // MiB
         assert sha256(got) == sha256(data), f"read_ahead_kb={read_ahead_kb}: the data differs"
         counts[read_ahead_kb] = reads_answered(port) - before
+    print(f"\nREAD requests for a 16 MiB sequential read, by read_ahead_kb: {counts}")
     # 1 MiB READs: about one per MiB (a few more when the kernel splits at its readahead marks)
     assert counts[1024] <= 2 * SIZE // MiB, counts
     # the kernel default: 128 KiB READs, at least four times as many
