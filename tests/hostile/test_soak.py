@@ -169,6 +169,13 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
                 checks.append(
                     _periodic_check(mount, server, rel, out, pause, go, final, errors, anomalies, t0)
                 )
+                c = checks[-1]
+                print(  # progress, in case a later step dies
+                    f"\nsoak: check at {c['at']:.0f}s: {c['files']} files, {c['seconds']:.1f}s, "
+                    f"{len(c['differences'])} differences; RSS {rss[-1][1]} KiB; "
+                    f"{len(anomalies)} anomalies so far",
+                    flush=True,
+                )
                 next_check = time.time() + check_every
                 continue
             try:
@@ -202,15 +209,22 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
         final_bad.append("the daemon is gone: " + _last_error(mount))
     else:
         for seed, (_ops, state) in final.items():
-            final_bad += _compare(server, f"{rel}/w{seed}", state)
+            try:
+                final_bad += _compare(server, f"{rel}/w{seed}", state)
+            except OSError as exc:  # urllib errors included
+                final_bad.append(f"server view of w{seed}: {exc!r}")
         # and another node (a second mount, cold cache) sees the same
         other = Mount(tmp_path / "other", reva)
         try:
             for seed, (_ops, state) in final.items():
                 d = other.mp / "home" / rel / f"w{seed}"
-                got = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in os.listdir(d)}
+                try:
+                    got = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in os.listdir(d)}
+                except OSError as exc:
+                    final_bad.append(f"second mount: w{seed}: {exc!r}")
+                    continue
                 if got != state:
-                    final_bad.append(f"second mount: w{seed} differs")
+                    final_bad.append(f"second mount: w{seed} differs: {_diff(got, state)}")
         finally:
             other.close()
     total_ops = sum(ops for ops, _ in final.values())
@@ -256,6 +270,12 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
     assert last < first * 1.5 + 50_000, f"daemon RSS grew from {first} KiB to {last} KiB"
 
 
+def _diff(got: dict[str, str], want: dict[str, str]) -> str:
+    extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    changed = sorted(n for n in set(got) & set(want) if got[n] != want[n])
+    return f"extra {extra}, missing {missing}, other content {changed}"
+
+
 def _last_error(mount) -> str:  # type: ignore[no-untyped-def]
     log = Path(mount.cache) / "daemon.log"
     lines = (
@@ -299,7 +319,10 @@ def _periodic_check(  # type: ignore[no-untyped-def]
         done = meshfs("sync", os.fspath(mount.mp / "home" / rel), "--timeout", "300", timeout=330)
         differences = [] if done.returncode == 0 else [f"sync failed: {done.stderr.strip()}"]
         for seed, state in sorted(snaps.items()):
-            differences += _compare(server, f"{rel}/w{seed}", state)
+            try:
+                differences += _compare(server, f"{rel}/w{seed}", state)
+            except OSError as exc:
+                differences.append(f"server view of w{seed}: {exc!r}")
     finally:
         pause.clear()
         go.set()
