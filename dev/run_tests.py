@@ -34,8 +34,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-m", dest="mark", default="not long")
     ap.add_argument("suites", nargs="*")
-    args, extra = ap.parse_known_args()
-    extra = [a for a in extra if a != "--"]
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])  # everything after "--" goes to pytest as is (e.g. -k NAME)
+    extra = argv[cut + 1 :]
+    unknown = sorted(set(args.suites) - {p.name for p in suites([])})
+    if unknown:
+        ap.error(f"no such suite: {', '.join(unknown)} (suites are the directories of tests/)")
     revactl = REPO / "dev" / "reva" / "revactl"
     started = subprocess.run([str(revactl), "status"], capture_output=True).returncode != 0
     if subprocess.run([str(revactl), "up"]).returncode != 0:
