@@ -47,13 +47,6 @@ def _private_offset() -> int:
     pytest.fail("no free port offset for the private Reva stack (set MESHFS_WB_REVA_OFFSET)", pytrace=False)
 
 
-def _require_fuse() -> None:
-    if not Path("/dev/fuse").exists():
-        if os.environ.get("MESHFS_REQUIRE_FUSE") == "1":
-            pytest.fail("FUSE required (MESHFS_REQUIRE_FUSE=1) but /dev/fuse is missing", pytrace=False)
-        pytest.skip("FUSE unavailable: /dev/fuse is missing; the write-back tests need a real mount")
-
-
 def _close(m: Mounter) -> None:
     problems = m.close()
     if problems:
@@ -78,9 +71,8 @@ def _scrub(tmp: Path) -> None:
 
 
 @pytest.fixture
-def mounter(reva: Any, tmp_path: Path) -> Iterator[Mounter]:
+def mounter(reva: Any, tmp_path: Path, fuse_available: None) -> Iterator[Mounter]:
     """Mounts of the shared dev Reva (each with a fresh cache dir unless one is given)."""
-    _require_fuse()
     m = Mounter(reva.gateway, {u.username: u.password for u in reva.users}, tmp_path / "m")
     try:
         yield m
@@ -147,22 +139,15 @@ def private_reva(reva: Any) -> Iterator[PrivateStack]:
 
 
 @pytest.fixture
-def private_mounter(private_reva: PrivateStack, reva: Any, tmp_path: Path) -> Iterator[Mounter]:
-    _require_fuse()
+def private_mounter(
+    private_reva: PrivateStack, reva: Any, tmp_path: Path, fuse_available: None
+) -> Iterator[Mounter]:
     m = Mounter(private_reva.gateway, {u.username: u.password for u in reva.users}, tmp_path / "pm")
     try:
         yield m
     finally:
-        if not _is_up(private_reva):
+        if not private_reva.is_up():
             with contextlib.suppress(Exception):
                 private_reva.up()  # an unmount drains against a live server, so the test can end
         _close(m)
         _scrub(tmp_path)
-
-
-def _is_up(stack: PrivateStack) -> bool:
-    try:
-        stack.revactl("status", timeout=30)
-    except AssertionError:
-        return False
-    return True
