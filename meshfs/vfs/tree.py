@@ -75,6 +75,8 @@ class _Listing:
 # rather than a Stat per name: `stat` of every file of a directory, `find -newer`...)
 RELIST_AFTER = 32
 RELIST_WINDOW = 2.0  # seconds within which those lookups happened
+# ...unless the directory is known to be that big: a relist would then block the lookup for seconds
+RELIST_MAX_ENTRIES = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +440,11 @@ class Tree:
         if now - first > RELIST_WINDOW:
             first, misses = now, 0
         self._misses[parent.inode] = (first, misses + 1)
-        if misses + 1 >= RELIST_AFTER and parent.inode not in self._busy:
+        if (
+            misses + 1 >= RELIST_AFTER
+            and parent.inode not in self._busy
+            and len(self._known.get(parent.inode) or ()) <= RELIST_MAX_ENTRIES
+        ):
             # many names of this quiet directory asked one by one: one listing answers them all
             self._misses.pop(parent.inode, None)
             try:

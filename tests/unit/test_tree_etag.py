@@ -17,6 +17,7 @@ import trio
 
 from meshfs.cs3 import Kind, Ref, Resource, ResourceId
 from meshfs.errors import NotFound, ServerUnavailable
+from meshfs.vfs import tree as tree_module
 from meshfs.vfs.inodes import InodeTable, Node
 from meshfs.vfs.tree import RELIST_AFTER, Tree
 
@@ -239,6 +240,21 @@ async def test_lookups_of_many_names_list_the_quiet_directory_once(rig: Rig, aut
         await tree.lookup(d, "nope")
     assert server.calls["list"] == 1
     assert server.calls["stat"] <= RELIST_AFTER + 1
+
+
+async def test_a_directory_known_to_be_big_is_not_relisted_for_lookups(
+    rig: Rig, autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tree_module, "RELIST_MAX_ENTRIES", 100)
+    tree, server, home = rig
+    d, dopaque = await subdir(tree, server, home, 150)
+    await tree.listing(d)
+    server.add(dopaque, "more")  # the listing is out of date: lookups ask by name again
+    await trio.sleep(3 * TTL)
+    server.calls.clear()
+    for i in range(2 * RELIST_AFTER):
+        await tree.lookup(d, f"f{i}")
+    assert server.calls["list"] == 0
 
 
 async def test_local_changes_are_not_checked_in_vain_and_are_relisted(
