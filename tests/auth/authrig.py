@@ -1,6 +1,7 @@
-"""Helpers of the auth/metrics tests: a private dev Reva with short-lived tokens, minting real Reva
-tokens, secret files, and `MountRig`, which mounts through the real CLI (`python -m meshfs`) with bounded
-timeouts and guarantees in `cleanup()` that no mount or daemon survives the test.
+"""Helpers of the auth/metrics tests (the shared plumbing is tests/rig.py): the private dev Reva with
+short-lived tokens (`private_reva`, revactl instance `auth`), minting real Reva tokens, secret files, and
+`MountRig`, one test's mount through the real CLI whose `cleanup()` guarantees that no mount or daemon
+survives the test. Re-exports the shared helpers its tests import by this name.
 
 Imports from meshfs only meshfs.cs3 (to mint tokens with a basic login); never vfs/.
 """
@@ -10,29 +11,56 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
-import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+from rig import (
+    REPO,
+    PrivateStack,
+    WebDav,
+    cli_env,
+    kill_registered,
+    lazy_unmount,
+    mounted,
+    one_line,
+    pid_alive,
+    registry_entries,
+    run_meshfs,
+    wait_for,
+)
+
+__all__ = [
+    "LEEWAY",
+    "REPO",
+    "TOKEN_CMD",
+    "MountRig",
+    "Stack",
+    "jwt_exp",
+    "mint_token",
+    "mounted",
+    "one_line",
+    "pid_alive",
+    "private_reva",
+    "wait_for",
+    "webdav",
+    "write_secret",
+]
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-REVACTL = REPO / "dev" / "reva" / "revactl"
 TOKEN_LIFETIME = 20  # seconds: REVA_TOKEN_EXPIRES of the private stack (Reva adds a 5 s leeway)
 LEEWAY = 5
-PRIVATE_ENV = {"REVA_INSTANCE": "auth", "REVA_PORT_OFFSET": "600", "REVA_TOKEN_EXPIRES": str(TOKEN_LIFETIME)}
 CLI_TIMEOUT = 90.0
 TOKEN_CMD = HERE / "tokencmd.py"
+
+
+def _private_stack() -> PrivateStack:
+    """The `auth` instance: ports +600, tokens living TOKEN_LIFETIME s."""
+    return PrivateStack("auth", 600, extra={"REVA_TOKEN_EXPIRES": str(TOKEN_LIFETIME)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +68,7 @@ class Stack:
     """Where a dev Reva answers."""
 
     gateway: str
-    webdav_url: str
+    http_url: str
     user: str = "einstein"
     password: str = "relativity"
 
@@ -49,40 +77,15 @@ class Stack:
         return f"cs3://{self.user}@{self.gateway}"
 
 
-def revactl(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(REVACTL), *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def stack_from_revactl(env: dict[str, str]) -> Stack:
-    done = revactl("env", env=env, timeout=30)
-    assert done.returncode == 0, done.stderr
-    values = {}
-    for line in done.stdout.splitlines():
-        key, sep, raw = line.partition("=")
-        if sep:
-            parts = shlex.split(raw)
-            values[key] = parts[0] if parts else ""
-    return Stack(gateway=values["REVA_GATEWAY"], webdav_url=values["REVA_WEBDAV_URL"])
-
-
 @contextlib.contextmanager
 def private_reva() -> Iterator[Stack]:
     """The `auth` instance (ports +600, tokens live TOKEN_LIFETIME s); stopped again if we started it."""
-    build = revactl("build", env=PRIVATE_ENV, timeout=30 * 60)
-    assert build.returncode == 0, build.stdout + build.stderr
-    started = revactl("status", env=PRIVATE_ENV, timeout=30).returncode != 0
-    up = revactl("up", env=PRIVATE_ENV, timeout=180)
-    assert up.returncode == 0, up.stdout + up.stderr
+    private = _private_stack()
+    private.revactl("build", timeout=30 * 60)
+    started = not private.is_up()
+    private.up()
     try:
-        stack = stack_from_revactl(PRIVATE_ENV)
+        stack = Stack(gateway=private.gateway, http_url=private.http_url)
         lifetime = jwt_exp(mint_token(stack)) - time.time()
         assert lifetime <= TOKEN_LIFETIME + 2, (
             f"the running `auth` Reva mints tokens living {lifetime:.0f} s, not {TOKEN_LIFETIME} s: "
@@ -91,7 +94,7 @@ def private_reva() -> Iterator[Stack]:
         yield stack
     finally:
         if started:
-            revactl("down", env=PRIVATE_ENV, timeout=60)
+            private.run("down", timeout=60)
 
 
 def mint_token(stack: Stack) -> str:
@@ -126,51 +129,9 @@ def write_secret(path: Path, text: str, *, mode: int = 0o600, atomic: bool = Fal
     return path
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `cond` until truthy; AssertionError after `timeout` s (never an unbounded wait)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-
-
 def webdav(stack: Stack, method: str, name: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(stack.webdav_url.rstrip("/") + "/" + name, data=body, method=method)
-    basic = b64encode(f"{stack.user}:{stack.password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {basic}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, b""
-
-
-def mounted(path: Path) -> bool:
-    target = os.fspath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def one_line(stderr: str) -> str:
-    """A failed command's stderr must be exactly one `meshfs: ...` line; return it."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got {lines!r}"
-    assert lines[0].startswith("meshfs: "), lines[0]
-    return lines[0]
+    """(HTTP status, body) of a WebDAV request on `name` in the stack user's home (errors returned)."""
+    return WebDav(stack.http_url, stack.user, stack.password).request(method, name, body)
 
 
 @dataclass
@@ -184,13 +145,9 @@ class MountRig:
     def __post_init__(self) -> None:
         self.mountpoint.mkdir(exist_ok=True)
         self.env = {
-            **{k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "MESHFS_FILESYSTEM")},
-            "MESHFS_RUNTIME_DIR": os.fspath(self.root / "run"),
-            "PYTHONPATH": os.fspath(REPO),
+            **cli_env(self.root / "run", drop=("BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR")),
             **self.env,
         }
-        for key in ("BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR"):
-            self.env.pop(key, None)
 
     @property
     def mountpoint(self) -> Path:
@@ -214,15 +171,7 @@ class MountRig:
     def meshfs(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "meshfs", *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=self.root,
-        )
+        return run_meshfs(*args, env={**self.env, **(env or {})}, timeout=timeout, cwd=self.root)
 
     def mount(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return self.meshfs(
@@ -238,11 +187,7 @@ class MountRig:
         )
 
     def entries(self) -> list[dict[str, Any]]:
-        out = []
-        for p in sorted((self.root / "run").glob("*.json")):
-            with contextlib.suppress(OSError, ValueError):
-                out.append(json.loads(p.read_text()))
-        return out
+        return registry_entries(self.root / "run")
 
     def status_json(self) -> dict[str, Any]:
         """`meshfs status --json MOUNTPOINT` (only this rig's mount: on a shared machine the plain
@@ -255,19 +200,11 @@ class MountRig:
 
     def cleanup(self) -> list[str]:
         """umount (draining), then kill what is left and detach lazily; returns what had to be forced."""
-        problems = []
         if mounted(self.mountpoint):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.meshfs("umount", os.fspath(self.mountpoint), timeout=60)
-        for entry in self.entries():
-            pid = int(entry["pid"])
-            if pid_alive(pid):
-                problems.append(f"daemon {pid} still running")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(AssertionError):
-                    wait_for(lambda pid=pid: not pid_alive(pid), 10, f"daemon {pid} to die")
+        problems = kill_registered(self.root / "run")
         if mounted(self.mountpoint):
             problems.append(f"{self.mountpoint} still mounted")
-            subprocess.run(["umount", "-l", os.fspath(self.mountpoint)], capture_output=True, timeout=30)
+            lazy_unmount(self.mountpoint)
         return problems
