@@ -131,7 +131,8 @@ class Tree:
         self._share_names: dict[tuple[int, str], str] = {}
         # last known listings, kept past their TTL: what an outage falls back to
         self._known: LRUCache[int, dict[str, Node]] = LRUCache(maxsize=8192)
-        self._seen: LRUCache[tuple[int, str], Node] = LRUCache(maxsize=65536)  # lookups, for outages
+        # name -> node as last looked up: answers again while the etag confirms it, and in outages
+        self._seen: LRUCache[tuple[int, str], Node] = LRUCache(maxsize=65536)
         self._outage_logged = -1e9
         # directories with local namespace changes in flight, and a counter bumped when one ends:
         # a listing or negative lookup that overlapped a change is used once but never cached
