@@ -616,11 +616,10 @@ def cmd_umount(ns: argparse.Namespace) -> int:
     deadline = None if ns.timeout is None else time.monotonic() + ns.timeout
     try:
         with control.ControlClient(entry.socket, timeout=10.0) as client:
-            # both requests at once: "drained" must be queued before the daemon can finish stopping
-            client.send("umount")
-            client.send("drained")
-            client.receive("umount")
-            drained = _wait_drained(client, entry, deadline)
+            # one request, answered once the drain is over: the daemon owes this reply before it
+            # exits (a separate "drained" request could arrive after it had already gone)
+            client.send("umount", wait_drained=True)
+            drained = _wait_drained(client, entry, deadline, op="umount")
     except control.DaemonGone:
         drained = None  # exited already (or died): the pid wait below tells
     except control.ControlTimeout:
@@ -652,12 +651,13 @@ def cmd_umount(ns: argparse.Namespace) -> int:
 
 
 def _wait_drained(
-    client: control.ControlClient, entry: control.MountEntry, deadline: float | None
+    client: control.ControlClient, entry: control.MountEntry, deadline: float | None, op: str = "drained"
 ) -> bool | None:
-    """Wait for the reply to "drained" (sent already); on a terminal, say so when it takes a while."""
+    """Wait for the reply to `op` (sent already) saying whether the drain finished; on a terminal,
+    say so when it takes a while."""
     first = 2.0 if deadline is None else max(0.001, min(2.0, deadline - time.monotonic()))
     try:
-        answer = client.receive("drained", timeout=first)
+        answer = client.receive(op, timeout=first)
     except control.ControlTimeout:
         if deadline is not None and time.monotonic() >= deadline:
             raise
@@ -668,7 +668,7 @@ def _wait_drained(
                 file=sys.stderr,
             )
         rest = None if deadline is None else max(0.001, deadline - time.monotonic())
-        answer = client.receive("drained", timeout=rest)
+        answer = client.receive(op, timeout=rest)
     return bool(answer.get("drained")) if isinstance(answer, dict) else None
 
 

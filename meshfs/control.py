@@ -25,6 +25,9 @@ Protocol: one JSON object per line each way; any number of requests per connecti
   {"op": "umount", "drain": true}                  -> {"ok": true, "result": {"pid": N}} at once;
                                                       the daemon then drains (unless drain is
                                                       false), unmounts and exits
+  {"op": "umount", "wait_drained": true}           -> {"ok": true, "result": {"pid": N, "drained":
+                                                      bool}} once the drain is over (the reply the
+                                                      daemon owes before it exits; `meshfs umount`)
   {"op": "drained"}                                -> {"ok": true, "result": {"drained": bool}} once
                                                       the stop's drain is over (false: uploads were
                                                       left pending in the cache: timeout, failure

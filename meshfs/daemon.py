@@ -639,6 +639,11 @@ class Daemon:
             return {"failures": [str(f) for f in await fs.sync(path)]}
         if op == "umount":
             self.request_stop("meshfs umount", drain=bool(request.get("drain", True)))
+            if request.get("wait_drained"):
+                # answered once draining is over: this request is being answered from before the
+                # stop began, so the daemon waits for this reply before it exits (wait_idle)
+                await self._drained.wait()
+                return {"pid": os.getpid(), "drained": self._drain_ok}
             return {"pid": os.getpid()}
         if op == "drained":
             await self._drained.wait()
