@@ -853,3 +853,45 @@ async def test_checkpoint_loop_writes_clean_state_on_trios_clock(
         f.close()
     finally:
         store.close()
+
+
+def test_try_write_is_write_for_the_event_loop_or_declines(cache_dir: Path) -> None:
+    """try_write: the effect of `write` on a dirty, fully cached, idle file; None (use `write` in a
+    worker thread) for a clean, partly cached or busy file, with nothing changed."""
+    content = remote(100_000)
+    with opened(cache_dir) as store:
+        f = store.open_file("new:tw", size=0, etag=None)
+        assert f.try_write(0, b"x") is None  # not dirty: no journal record yet
+        store.mark_dirty("new:tw", path="/home/tw", resource_id=None, base_etag=None)
+        gen = f._entry.generation
+        assert f.try_write(0, b"hello") == 5
+        assert f._entry.generation == gen + 1  # the write-back sees a new generation to upload
+        assert f.try_write(10, memoryview(b"world")) == 5  # past the end: a hole of zeros
+        assert f.size == 15 and f.read(0, 100) == b"hello\0\0\0\0\0world"
+        assert f.missing(0, f.size) == []  # the whole [0, size) is present
+        assert f.try_write(3, b"") == 0 and f.size == 15
+        assert store.stats().dirty_bytes == 15
+        with f._entry.mutex:  # busy (an upload's fsync, a truncate): declines instead of waiting
+            assert f.try_write(0, b"zz") is None
+        assert f.read(0, 2) == b"he"
+        f.close()
+
+        g = store.open_file("rid-part", size=len(content), etag="e1")
+        fill(g, content, 0, 4096)
+        store.mark_dirty("rid-part", path="/home/part", resource_id="rid-part", base_etag="e1")
+        assert g.try_write(0, b"ours") is None  # partly cached: its range map is journaled per write
+        assert g.write(0, b"ours") == 4 and g.read(0, 4) == b"ours"
+        g.close()
+
+
+def test_try_read_serves_page_cached_data_or_declines(cache_dir: Path) -> None:
+    content = remote(200_000)
+    with opened(cache_dir) as store:
+        f = store.open_file("rid-tr", size=len(content), etag="e1")
+        assert f.try_read(0, 10) is None  # not cached at all
+        fill(f, content, 0, 100_000)
+        got = f.try_read(1000, 5000)  # just written: in the page cache
+        assert got is not None and bytes(got) == content[1000:6000]
+        assert f.try_read(99_000, 2000) is None  # partly outside the cached range
+        assert f.try_read(300_000, 10) == b""  # at/after EOF: empty, as `read`
+        f.close()
