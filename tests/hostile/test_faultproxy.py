@@ -180,3 +180,34 @@ def test_serve_in_thread_stops_cleanly() -> None:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
         assert time.monotonic() - t0 < 10
+
+
+def test_cut_each_after_cuts_every_connection_and_stop_on_cut_kills_the_server() -> None:
+    with _thread_echo() as target:
+        proxy = FaultProxy(target)
+        with serve_in_thread(proxy):
+            proxy.cut_each_after(1000, "down", "close")
+            for _ in range(2):  # every connection, not just the first
+                s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                s.sendall(b"z" * 5000)
+                got = b""
+                while data := s.recv(65536):
+                    got += data
+                s.close()
+                assert got == b"z" * 1000
+            assert proxy.cuts == 2
+            proxy.stop_on_cut = True
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            s.sendall(b"z" * 5000)
+            while s.recv(65536):
+                pass
+            s.close()
+            proxy.wait_for(lambda: _refused(proxy.port), 10, "the proxy refusing connections after the cut")
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
