@@ -75,6 +75,7 @@ class MountPlan:
     read_ahead_kb: int = 0
     """The mount's kernel readahead (bdi read_ahead_kb) to set once it is live; 0 = kernel default."""
     max_background: int = 64
+    writeback_cache: bool = False
 
 
 def plan_from_config(config: Any) -> MountPlan:
@@ -89,6 +90,7 @@ def plan_from_config(config: Any) -> MountPlan:
         drain_timeout=_drain_bound(float(getattr(config, "drain_timeout", DRAIN_TIMEOUT))),
         read_ahead_kb=int(config.read_ahead_kb),
         max_background=int(config.max_background),
+        writeback_cache=bool(config.writeback_cache),
     )
 
 
@@ -677,6 +679,7 @@ class SessionApi:
             ro=plan.read_only,
             nonempty=plan.nonempty,
             max_background=plan.max_background,
+            writeback_cache=plan.writeback_cache,
         )
         try:
             # blocking (mount(2) or fusermount3), bounded inside by 30 s timeouts

@@ -49,6 +49,7 @@ from meshfs.fuse import (
     readdir_reply,
 )
 from meshfs.fuse import Lock as FLock
+from meshfs.fuse.abi import WRITEBACK_CACHE
 from meshfs.vfs.inodes import InodeTable, Kind, Node
 from meshfs.vfs.locks import Conflict, LockManager
 from meshfs.vfs.shares import GRANTEES_XATTR, ShareCommands
@@ -164,6 +165,9 @@ class MeshOps(Operations):
         self.session: Session | None = None
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
+        # directories whose mtime changed locally (a create, unlink, rename in them) and is not
+        # stored on the server yet: stored (DIR_MTIME_KEY) when the next upload below them lands
+        self._dir_mtimes_unsaved: set[int] = set()
         self._next_fh = 1
         self._inflight: dict[int, list[_Flight]] = {}
         self.nursery: trio.Nursery | None = None  # for prefetches; set by MeshFilesystem.start
@@ -250,7 +254,12 @@ class MeshOps(Operations):
             a.st_size = size
             a.st_blocks = (size + 511) // 512
         mtime = node.local_mtime_ns if node.local_mtime_ns is not None else (res.mtime_ns if res else 0)
-        if node.kind is Kind.DIR and res is not None and DIR_MTIME_KEY in res.metadata:
+        if (
+            node.kind is Kind.DIR
+            and node.local_mtime_ns is None
+            and res is not None
+            and DIR_MTIME_KEY in res.metadata
+        ):
             try:
                 mtime = int(res.metadata[DIR_MTIME_KEY])
             except ValueError:
@@ -324,7 +333,8 @@ class MeshOps(Operations):
                 if node.kind is Kind.DIR:
                     raise FUSEError(errno.EISDIR)
                 self._check_writable(node)
-                if self.locks.foreign_holder(node.inode, await self.tree.stat(node)) is not None:
+                # lock state moves no etag: ask the server (a cached resource may predate the lock)
+                if self.locks.foreign_holder(node.inode, await self.tree.stat(node, force=True)) is not None:
                     raise FUSEError(errno.EACCES)  # truncating a file locked elsewhere: overwrite protection
                 await self._truncate(node, attr.st_size, fh)
             meta: dict[str, str] = {}
@@ -344,6 +354,8 @@ class MeshOps(Operations):
                         # Reva reports a directory's tree time (bumped by later uploads of children):
                         # the time the user set is kept beside it until the directory changes locally
                         meta[DIR_MTIME_KEY] = str(attr.st_mtime_ns)
+                        node.local_mtime_ns = None
+                        self._dir_mtimes_unsaved.discard(node.inode)
             if meta:
                 assert node.rid is not None
                 await self.storage.set_metadata(Ref.to(node.rid), meta, lock_id=self._lid(node))
@@ -442,13 +454,18 @@ class MeshOps(Operations):
         await self.tree.stat(node, force=True)
 
     async def _changed(self, parent: Node, name: str, node: Node | None) -> None:
-        """A local namespace change: keep the listing cache exact and the parent's attrs fresh; a
-        directory mtime set by the user (utimens) gives way to the change, as on a local disk."""
+        """A local namespace change: keep the listing cache exact and the parent's attrs fresh. The
+        directory's mtime becomes the time of this change, as on a local disk: a time set earlier
+        (utimens) gives way to it, and the uploads that land later do not move it (Reva reports a
+        directory's tree time, which every upload below bumps): kept here, and stored with the
+        directory when the next upload below it lands (`uploaded`)."""
         if node is None:
             self.tree.remove_from_listing(parent, name)
         else:
             self.tree.add_to_listing(parent, name, node)
         parent.fetched = -1.0
+        parent.local_mtime_ns = time.time_ns()
+        self._dir_mtimes_unsaved.add(parent.inode)
         res = parent.resource
         if res is not None and DIR_MTIME_KEY in res.metadata and parent.rid is not None:
             try:
@@ -466,6 +483,9 @@ class MeshOps(Operations):
             node = await self.tree.lookup(parent, text)
             if node.kind is not Kind.DIR:
                 raise FUSEError(errno.ENOTDIR)
+            # Delete removes a whole tree on Reva: check emptiness on the server, not in a listing
+            # that may predate another node's create there
+            self.tree.forget_listing(node)
             if await self.tree.listing(node):
                 raise FUSEError(errno.ENOTEMPTY)
             assert node.rid is not None
@@ -614,8 +634,10 @@ class MeshOps(Operations):
             raise FUSEError(errno.EISDIR)
         if node.kind is Kind.DIR and target.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
-        if target.kind is Kind.DIR and await self.tree.listing(target):
-            raise FUSEError(errno.ENOTEMPTY)
+        if target.kind is Kind.DIR:
+            self.tree.forget_listing(target)  # emptiness from the server (the target goes to the trash)
+            if await self.tree.listing(target):
+                raise FUSEError(errno.ENOTEMPTY)
         assert node.rid is not None and target.rid is not None
         aside = self.tree.child_ref(new_parent, f".meshfs-replaced-{secrets.token_hex(6)}")
         await self.storage.move(Ref.to(target.rid), aside, lock_id=self._lid(target))
@@ -755,7 +777,8 @@ class MeshOps(Operations):
             limiter=self.io,
         )
         keep = before is not None and (before.dirty or before.etag == res.etag)
-        h = Handle(self._new_fh(), node, cf, writable, bool(flags & os.O_APPEND), Readahead(self.policy))
+        append = bool(flags & os.O_APPEND) and not self._kernel_appends()
+        h = Handle(self._new_fh(), node, cf, writable, append, Readahead(self.policy))
         self._handles[h.fh] = h
         node.open_count += 1
         if writable:
@@ -791,6 +814,13 @@ class MeshOps(Operations):
             limiter=self.io,
         )
         node.local_size = h.cache.size
+
+    def _kernel_appends(self) -> bool:
+        """With FUSE_WRITEBACK_CACHE the kernel resolves O_APPEND itself and writes dirty pages back
+        at their own offsets, through any writable handle: honouring O_APPEND here would move each
+        written-back page to the end of the file (libfuse's passthrough_ll drops O_APPEND too)."""
+        conn = self.session.conn if self.session is not None else None
+        return conn is not None and conn.has(WRITEBACK_CACHE)
 
     def _handle(self, fh: int) -> Handle:
         h = self._handles.get(fh)
@@ -1019,7 +1049,9 @@ class MeshOps(Operations):
                 await self._truncate(h.node, off + length, fh)
 
     async def uploaded(self, key: str, etag: str, new_id: object) -> None:
-        """Write-back hook: a file went up (or its conflict copy did); refresh what the kernel sees."""
+        """Write-back hook: a file went up (or its conflict copy did); refresh what the kernel sees.
+        The upload moved the parent's tree time on the server: a local mtime of the parent not
+        stored yet is stored now, so other nodes and later mounts see that one too."""
         for node in list(self.inodes_by_key(key)):
             if self.store.get_pending(key) is None:
                 node.local_size = node.local_mtime_ns = None
@@ -1028,6 +1060,17 @@ class MeshOps(Operations):
             if parent is not None:
                 parent.fetched = -1.0
                 self.tree.forget_listing(parent)
+                await self._save_dir_mtime(parent)
+
+    async def _save_dir_mtime(self, d: Node) -> None:
+        mtime = d.local_mtime_ns
+        if d.inode not in self._dir_mtimes_unsaved or mtime is None or d.rid is None:
+            return
+        self._dir_mtimes_unsaved.discard(d.inode)
+        try:
+            await self.storage.set_metadata(Ref.to(d.rid), {DIR_MTIME_KEY: str(mtime)}, lock_id=self._lid(d))
+        except MeshError as e:
+            log.debug("storing the mtime of %s: %s", self.tree.path_of(d), e)
 
     async def lease_acquired(self, inode: int, res: Resource) -> None:
         """Lock hook: a lease was taken; if the server has a newer version than our clean cache,

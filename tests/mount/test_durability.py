@@ -10,6 +10,9 @@ import errno
 import json
 import mmap
 import os
+import re
+import socket
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,17 +146,38 @@ def test_shared_mmap_write_is_stored(work: Path, mount_factory: Callable[..., Pa
     assert len(got) == 8192
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def writes_answered(port: int) -> int:
+    """meshfs_requests_total{op="write",errno="OK"} of the daemon serving metrics on `port`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    m = re.search(r'^meshfs_requests_total\{op="write",errno="OK"\} (\S+)$', text, re.MULTILINE)
+    return int(float(m.group(1))) if m else 0
+
+
 def test_kernel_writeback_cache_mode(mount_factory: Callable[..., Path], webdav: WebDav) -> None:
     """-o writeback_cache: the kernel batches writes and owns size/mtime; the results must be the same."""
-    mnt = mount_factory("einstein", "writeback_cache")
+    port = free_port()
+    mnt = mount_factory("einstein", "writeback_cache", f"metrics_port={port}")
     name = f"mt-wbc-{os.getpid()}-{os.urandom(3).hex()}"
     d = mnt / "home" / name
     d.mkdir()
     try:
         p = d / "f"
-        with open(p, "wb") as f:
+        before = writes_answered(port)
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        try:
             for i in range(1000):
-                f.write(f"line {i}\n".encode())  # many small writes
+                os.write(fd, f"line {i}\n".encode())  # many small unbuffered writes
+        finally:
+            os.close(fd)
+        # the kernel's page cache took them: far fewer WRITE requests than write(2) calls
+        assert writes_answered(port) - before < 100
         expected = b"".join(f"line {i}\n".encode() for i in range(1000))
         assert p.stat().st_size == len(expected)
         with open(p, "ab") as f:

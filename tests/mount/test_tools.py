@@ -183,11 +183,6 @@ def test_rsync_round_trip(work: Path, tmp_path: Path) -> None:
     assert again == "", again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (/work/notes/flaky-proposal.md, part 1): a directory shows Reva's tree time, "
-    "which the later uploads of its children move; remove this mark with the fix",
-)
 def test_dir_mtime_stays_put_when_the_uploads_of_its_children_land(
     work: Path, mount_factory: Callable[..., Path]
 ) -> None:
