@@ -19,7 +19,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -91,6 +92,7 @@ class _Slot:
     attempt_done: trio.Event = field(default_factory=trio.Event)
     last_error: MeshError | StoreError | None = None
     stop_requested: bool = False
+    holds: int = 0  # callers moving or deleting the file on the server: no attempt may start
     failures: int = 0
     progress: _Progress = field(default_factory=_Progress)
 
@@ -182,6 +184,30 @@ class WriteBack:
         slot.writers = max(0, slot.writers - 1)
         if slot.writers == 0 and self.store.get_pending(key) is not None:
             self.schedule(key)
+
+    @asynccontextmanager
+    async def settled(self, *keys: str) -> AsyncIterator[None]:
+        """Hold the uploads of `keys` while the caller moves or deletes them on the server: no attempt
+        starts, and a running one is asked to stop between chunks and awaited, never cancelled in
+        the middle of a request. A request abandoned that way can still reach the server after the
+        Move or Delete, and Reva then writes a node without a parent (the whole folder stops
+        listing: "Missing parent ID on node")."""
+        slots = [self._slot(k) for k in keys]
+        for slot in slots:
+            slot.holds += 1
+        try:
+            for slot in slots:
+                while slot.running is not None:
+                    slot.stop_requested = True
+                    await slot.attempt_done.wait()
+            yield
+        finally:
+            for key, slot in zip(keys, slots, strict=True):
+                slot.holds -= 1
+                idle = not slot.holds and slot.running is None and not slot.writers
+                if idle and self._slots.get(key) is slot and self.store.get_pending(key) is None:
+                    self._slots.pop(key, None)  # nothing to upload: no empty slot left behind
+            self._wake.set()
 
     def forget(self, key: str) -> None:
         """The file is gone locally (unlinked): stop any upload of it."""
@@ -283,8 +309,8 @@ class WriteBack:
                 now = trio.current_time()
                 next_due = math.inf
                 for key, slot in list(self._slots.items()):
-                    if slot.running is not None:
-                        continue
+                    if slot.running is not None or slot.holds:
+                        continue  # a held slot keeps its due time: it runs once released
                     if slot.due <= now:
                         slot.due = math.inf
                         slot.running = trio.CancelScope()

@@ -22,11 +22,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import trio
 
 from meshfs.cache.readahead import Readahead, ReadaheadPolicy
-from meshfs.cache.store import CacheFile, CacheStore, NotPresent, SpaceWaiter, StoreError
+from meshfs.cache.store import (
+    CacheFile,
+    CacheStore,
+    NotPresent,
+    SpaceWaiter,
+    StoreError,
+    WriteToCleanFile,
+)
 from meshfs.cache.writeback import WriteBack
 from meshfs.cs3 import APP_NAME, DownloadTicket, Ref, Resource, ResourceId, Storage, Transfer
 from meshfs.errors import AlreadyExists, MeshError, NotFound
@@ -62,6 +70,7 @@ DIR_MTIME_KEY = "meshfs.dirmtime"  # a directory mtime set with utimens (ns)
 XATTR_PREFIX = "xattr."  # user.NAME ↔ metadata key "xattr.user.NAME"
 RO_XATTRS = (b"user.meshfs.etag", b"user.meshfs.fileid", b"user.meshfs.checksum", b"user.meshfs.state")
 B64_TAG = "b64:"
+T = TypeVar("T")
 REPLACE_BY_UPLOAD_MAX = 64 << 20  # rename-over by uploading a new version of the target
 BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quota
 # Writes of up to INLINE_WRITE_MAX bytes are done on the event loop's thread (measured on the dev
@@ -506,9 +515,10 @@ class MeshOps(Operations):
             key = str(node.rid)
             if node.open_count > 0:
                 await self._pin_content(node)
-            await self.storage.delete(Ref.to(node.rid), lock_id=self._lid(node))
-            node.unlinked = True
-            self.writeback.forget(key)
+            async with self.writeback.settled(key):  # no upload of it in flight during the Delete
+                await self.storage.delete(Ref.to(node.rid), lock_id=self._lid(node))
+                node.unlinked = True
+                self.writeback.forget(key)
             if node.open_count == 0:
                 await trio.to_thread.run_sync(self.store.forget, key, limiter=self.io)
             await self._changed(parent, text, None)
@@ -558,20 +568,24 @@ class MeshOps(Operations):
             if flags & RENAME_EXCHANGE:
                 if target is None:
                     raise FUSEError(errno.ENOENT)
-                await self._exchange(old_parent, old_name, node, new_parent, new_name, target)
+                async with self.writeback.settled(str(node.rid), str(target.rid)):
+                    await self._exchange(old_parent, old_name, node, new_parent, new_name, target)
                 return
             dst = self.tree.child_ref(new_parent, new_name)
             old_path = self._child_path(old_parent, old_name)
             new_path = self._child_path(new_parent, new_name)
-            if target is None:
-                await self.storage.move(Ref.to(node.rid), dst, lock_id=self._lid(node))
-            else:
-                if flags & RENAME_NOREPLACE:
-                    raise FUSEError(errno.EEXIST)
-                if not await self._replace_by_upload(node, target):
+            if target is not None and flags & RENAME_NOREPLACE:
+                raise FUSEError(errno.EEXIST)
+            keys = [str(node.rid)] + ([str(target.rid)] if target is not None and target.rid else [])
+            # no upload of either file in flight while they move or go on the server, and none
+            # starting before the pending record follows the new path
+            async with self.writeback.settled(*keys):
+                if target is None:
+                    await self.storage.move(Ref.to(node.rid), dst, lock_id=self._lid(node))
+                elif not await self._replace_by_upload(node, target):
                     await self._replace(node, target, new_parent, new_name)
-            node.name, node.parent = new_name, new_parent.inode
-            await trio.to_thread.run_sync(self.store.rename_path, old_path, new_path, limiter=self.io)
+                node.name, node.parent = new_name, new_parent.inode
+                await trio.to_thread.run_sync(self.store.rename_path, old_path, new_path, limiter=self.io)
             await self._changed(old_parent, old_name, None)
             await self._changed(new_parent, new_name, node)
             node.fetched = -1.0
@@ -788,7 +802,7 @@ class MeshOps(Operations):
             # there, and dirtying it would upload it once more at close)
             if flags & os.O_TRUNC and (cf.size > 0 or (pending is None and fresh is None)):
                 await self._dirty(h)
-                await trio.to_thread.run_sync(cf.truncate, 0, limiter=self.io)
+                await self._modify(h, cf.truncate, 0)
                 node.local_size = 0
                 node.local_mtime_ns = time.time_ns()
         except BaseException:
@@ -953,10 +967,21 @@ class MeshOps(Operations):
                 await self.space.reserve(grow, timeout=self.backpressure_timeout)
             n = self._write_inline(cf, off, buf)
             if n is None:
-                n = await trio.to_thread.run_sync(cf.write, off, buf, limiter=self.io)
+                n = await self._modify(h, cf.write, off, buf)
             h.node.local_size = cf.size
             h.node.local_mtime_ns = time.time_ns()
             return n
+
+    async def _modify(self, h: Handle, fn: Callable[..., T], *args: object) -> T:
+        """A change of the cache file (write, truncate) in a worker thread. A file dirty when the
+        request began can turn clean under it: an upload already running when it was opened for
+        writing finishes and marks it clean. It is then marked dirty again and the change retried
+        (no new upload starts while a writer has the file open)."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.io)
+        except WriteToCleanFile:
+            await self._dirty(h)
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.io)
 
     def _write_inline(self, cf: CacheFile, off: int, buf: memoryview) -> int | None:
         """pwrite a small write into the cache file on the event loop's thread: a few KiB into the
@@ -991,7 +1016,7 @@ class MeshOps(Operations):
             grow = max(0, size - h.cache.size)
             if grow:
                 await self.space.reserve(grow, timeout=self.backpressure_timeout)
-            await trio.to_thread.run_sync(h.cache.truncate, size, limiter=self.io)
+            await self._modify(h, h.cache.truncate, size)
             node.local_size = size
             node.local_mtime_ns = time.time_ns()
         finally:
