@@ -202,6 +202,7 @@ class Transfer:
         done = 0
         attempt = 0
         renewed = reauthed = False
+        progress_at = trio.current_time()  # a read without progress for unavailable_timeout fails
         while True:
             ticket = await self.fresh_ticket(ticket)
             token = await self.gw.access_token()
@@ -234,7 +235,10 @@ class Transfer:
                 done += t.progress
                 if t.progress:
                     attempt = 0  # the retry budget counts failures in a row without progress
-                if not self.retry.may_retry(attempt):
+                    progress_at = trio.current_time()
+                limit = self.gw.unavailable_timeout  # the gateway's bound for a dead server
+                stalled = limit is not None and trio.current_time() - progress_at >= limit
+                if stalled or not self.retry.may_retry(attempt):
                     raise t.error from None
                 log.debug("read %s: %s, retry %d", path, t.error, attempt + 1)
                 await self._pause(attempt)

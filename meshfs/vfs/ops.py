@@ -601,7 +601,10 @@ class MeshOps(Operations):
         key, tkey = str(node.rid), str(target.rid)
         info = self.store.lookup(key)
         res = node.resource
-        size = info.size if info is not None and info.dirty else (res.size if res else -1)
+        # the cache's own entry knows the size of what it holds (dirty, or clean at info.etag); the
+        # node's resource may predate the last upload (a create's TouchFile saw 0 bytes), and opening
+        # the entry with another size would drop the cached data and upload an empty file
+        size = info.size if info is not None else (res.size if res else -1)
         if size < 0 or size > REPLACE_BY_UPLOAD_MAX:
             return False
         if info is None or not (info.dirty or info.present_bytes >= size):

@@ -343,17 +343,13 @@ def test_gateway_black_hole_eio_in_bounded_time_and_recovery(rig: Rig, d: str) -
     synced_to_server(rig, d, "g", b"after")
 
 
-def data_bound_exceeded(took: float, outcome: str) -> None:
-    """Known product bug (reported, not ours to fix here): reads on a dead data gateway answer long after
-    transfer_timeout + unavailable_timeout. Transfer retries 4 times per read, each up to transfer_timeout,
-    unbounded by unavailable_timeout (meshfs/cs3/transfer.py read(); meshfs/vfs/filesystem.py builds
-    Transfer without it). Reported as XFAIL with the time measured; the correctness checks before it fail
-    normally, and the test passes once the product keeps the bound."""
-    if took > DATA_EIO_BOUND:
-        pytest.xfail(f"known product bug: {outcome} only after {took:.1f} s (bound {DATA_EIO_BOUND:g} s)")
+def assert_data_bound(took: float, outcome: str) -> None:
+    """Reads on a dead data gateway must answer within transfer_timeout + unavailable_timeout (+ slack):
+    a read making no progress for unavailable_timeout stops retrying (it once took 55-83 s: four
+    retries of transfer_timeout each)."""
+    assert took <= DATA_EIO_BOUND, f"{outcome} only after {took:.1f} s (bound {DATA_EIO_BOUND:g} s)"
 
 
-@pytest.mark.long  # ~1 min each while the product misses the bound (data_bound_exceeded)
 def test_data_gateway_black_hole_cold_read_is_eio_in_bounded_time(rig: Rig, d: str) -> None:
     data = blob(1 * MB, 10)
     rig.server.put(f"{d}/f", data)
@@ -361,14 +357,13 @@ def test_data_gateway_black_hole_cold_read_is_eio_in_bounded_time(rig: Rig, d: s
     rig.data.set("blackhole")
     got, took = bounded(read_file, rig.home(d) / "f", limit=HANG)
     assert isinstance(got, OSError) and got.errno == errno.EIO, f"read on a black hole: {got!r}"
-    data_bound_exceeded(took, "EIO")
+    assert_data_bound(took, "EIO")
     rig.data.set("forward")
     assert wait_until(
         lambda: read_file(rig.home(d) / "f") == data, RECOVER_BOUND, "read after the black hole"
     )
 
 
-@pytest.mark.long  # ~1 min each while the product misses the bound (data_bound_exceeded)
 def test_data_gateway_black_hole_mid_read_is_right_or_eio(rig: Rig, d: str) -> None:
     data = blob(8 * MB, 11)
     rig.server.put(f"{d}/f", data)
@@ -386,8 +381,13 @@ def test_data_gateway_black_hole_mid_read_is_right_or_eio(rig: Rig, d: str) -> N
     outcome = expect_ok_or_eio(box[0], data, "read into a black hole")
     rig.data.clear()
     assert call(read_file, rig.home(d) / "f", limit=60) == data
-    # checked last, so that a slow answer does not hide whether the mount recovers
-    data_bound_exceeded(took, f"{outcome} after the black hole")
+    # checked last, so that a slow answer does not hide whether the mount recovers. Known gap: the
+    # read(2) spans several READs (the kernel retries a failed readahead page with a synchronous
+    # READ) and each waits transfer_timeout: measured 20 s against the 16 s bound (83 s before the
+    # per-read bound by unavailable_timeout). Reported as XFAIL with the time; wrong bytes, a hang or
+    # no recovery still fail above.
+    if took > DATA_EIO_BOUND:
+        pytest.xfail(f"known gap: {outcome} only after {took:.1f} s (bound {DATA_EIO_BOUND:g} s)")
 
 
 def _catch(fn: Callable[..., bytes], *args: Any) -> bytes | BaseException:
@@ -406,3 +406,28 @@ def test_data_gateway_black_hole_during_upload_then_back(rig: Rig, d: str) -> No
     assert code != 0, "sync claimed success while the data gateway was a black hole"
     rig.data.set("forward")
     synced_to_server(rig, d, "f", data, timeout=90)
+
+
+# ---- moving and deleting files whose upload is on the wire -----------------------------------------
+
+
+def test_rename_over_and_unlink_while_their_uploads_are_on_the_wire(rig: Rig, d: str) -> None:
+    """With the data path capped at 2 MB/s, a file is renamed over another and a second one unlinked
+    while their uploads are running. The uploads must be let finish (or stop between chunks), never
+    abandoned mid-request: an abandoned request reaching the server after the Move or Delete made Reva
+    write a node without its parent, after which the whole folder stopped listing (found by the soak).
+    """
+    big, other, gone = blob(4 * MB, 1), blob(1000, 2), blob(3 * MB, 3)
+    call(write_file, rig.home(f"{d}/other"), other, limit=60)
+    synced_to_server(rig, d, "other", other)
+    rig.data.set(rate=2 * MB)
+    start = rig.data.bytes_up
+    call(write_file, rig.home(f"{d}/big"), big, limit=60)
+    call(write_file, rig.home(f"{d}/gone"), gone, limit=60)
+    wait_until(lambda: rig.data.bytes_up - start > MB, 30, "the uploads to be on the wire")
+    call(os.rename, rig.home(f"{d}/big"), rig.home(f"{d}/other"), limit=60)
+    call(os.unlink, rig.home(f"{d}/gone"), limit=60)
+    rig.data.clear()
+    synced_to_server(rig, d, "other", big)
+    assert sorted(rig.server.listdir(d)) == ["other"]
+    assert sorted(call(os.listdir, rig.home(d), limit=30)) == ["other"]
