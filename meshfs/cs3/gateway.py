@@ -453,6 +453,12 @@ class Gateway:
             try:
                 res = await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
                 return res, attempt > 0
+            except ValueError as e:
+                # grpc's "Cannot invoke RPC on closed channel!": the session is closing (umount)
+                # while a background loop still calls; an ordinary failure for the caller, not a crash
+                if self._channel is not None and "closed channel" not in str(e):
+                    raise
+                raise ServerUnavailable("the connection to the gateway is closed", op=op, path=path) from None
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
                 retry = code is grpc.StatusCode.UNAVAILABLE or (

@@ -129,3 +129,16 @@ async def test_mkdir_and_delete_repeated_after_transport_failure(autojump_clock)
     assert not exc.value.retried
     with pytest.raises(NotFound):
         await st.delete(Ref(path="/users/x/d"))
+
+
+async def test_a_call_on_a_closed_channel_is_an_ordinary_failure(autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    """At umount the channel closes while background loops (share watcher, poller) may still call:
+    grpc raises ValueError there, which must reach them as ServerUnavailable, not crash the daemon."""
+    stub = FakeStub([ValueError("Cannot invoke RPC on closed channel!")])
+    gw = gateway(stub)
+    with pytest.raises(ServerUnavailable, match="connection to the gateway is closed"):
+        await gw.call("Stat", pb.StatRequest(), op="stat")
+    stub.script = [ValueError("some other bug")]
+    gw._channel = object()  # an open channel: other ValueErrors are bugs and are not hidden
+    with pytest.raises(ValueError, match="some other bug"):
+        await gw.call("Stat", pb.StatRequest(), op="stat")
