@@ -6,9 +6,9 @@ Must not import: vfs/, fuse/, cache/, grpc. Internal to meshfs/cs3/.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from cs3.identity.user.v1beta1 import resources_pb2 as user_pb
 from cs3.storage.provider.v1beta1 import resources_pb2 as res_pb
@@ -99,25 +99,36 @@ def role_of(perms: Perm) -> Role | None:
 
 
 _PERM_FIELDS = tuple(PERM_FIELDS.items())
-# A listing holds few distinct permission sets: memoise the conversion by the message's bytes
-# (bounded; a listing of 10k entries costs one serialisation per entry instead of 19 Flag ORs).
+T = TypeVar("T")
+
+
+def _memoised(memo: dict[bytes, T], msg: Any, make: Callable[[Any], T], limit: int) -> T:
+    """make(msg), memoised by the message's wire bytes in `memo` (emptied when it reaches `limit`):
+    values that repeat across a listing (permission sets, the parent's id, the owner) are converted
+    once instead of once per entry."""
+    key = msg.SerializeToString(deterministic=True)
+    value = memo.get(key)
+    if value is None:
+        if len(memo) >= limit:
+            memo.clear()
+        value = memo[key] = make(msg)
+    return value
+
+
+def _perms(p: Any) -> Perm:
+    bits = 0
+    for name, flag in _PERM_FIELDS:
+        if getattr(p, name):
+            bits |= flag.value
+    return Perm(bits)
+
+
+# a listing holds few distinct permission sets (one serialisation per entry instead of 19 Flag ORs)
 _PERM_MEMO: dict[bytes, Perm] = {}
-_PERM_MEMO_MAX = 256
 
 
 def perms_from_pb(p: Any) -> Perm:
-    key = p.SerializeToString(deterministic=True)
-    perms = _PERM_MEMO.get(key)
-    if perms is None:
-        bits = 0
-        for name, flag in _PERM_FIELDS:
-            if getattr(p, name):
-                bits |= flag.value
-        perms = Perm(bits)
-        if len(_PERM_MEMO) >= _PERM_MEMO_MAX:
-            _PERM_MEMO.clear()
-        _PERM_MEMO[key] = perms
-    return perms
+    return _memoised(_PERM_MEMO, p, _perms, 256)
 
 
 def perms_to_pb(perms: Perm) -> Any:
@@ -185,30 +196,17 @@ def lock_to_pb(lock: Lock) -> Any:
 
 
 _EMPTY_MD: Mapping[str, str] = MappingProxyType({})
-# ids that repeat across a listing (the parent's, the owner's): memoised by their wire bytes
 _RID_MEMO: dict[bytes, ResourceId] = {}
 _UID_MEMO: dict[bytes, UserId] = {}
 _MEMO_MAX = 1024
 
 
 def _memo_rid(msg: Any) -> ResourceId:
-    key = msg.SerializeToString(deterministic=True)
-    rid = _RID_MEMO.get(key)
-    if rid is None:
-        if len(_RID_MEMO) >= _MEMO_MAX:
-            _RID_MEMO.clear()
-        rid = _RID_MEMO[key] = ResourceId(msg.storage_id, msg.space_id, msg.opaque_id)
-    return rid
+    return _memoised(_RID_MEMO, msg, lambda m: ResourceId(m.storage_id, m.space_id, m.opaque_id), _MEMO_MAX)
 
 
 def _memo_uid(msg: Any) -> UserId:
-    key = msg.SerializeToString(deterministic=True)
-    uid = _UID_MEMO.get(key)
-    if uid is None:
-        if len(_UID_MEMO) >= _MEMO_MAX:
-            _UID_MEMO.clear()
-        uid = _UID_MEMO[key] = uid_from_pb(msg)
-    return uid
+    return _memoised(_UID_MEMO, msg, uid_from_pb, _MEMO_MAX)
 
 
 def resource_from_pb(ri: Any) -> Resource:
