@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -195,6 +197,37 @@ def write_private(path: Path, text: str) -> Path:
         f.write(text)
     os.chmod(path, 0o600)
     return path
+
+
+# ---- the kernel's view of a mount, the daemon's metrics -------------------------------------------
+
+
+def devno(mountpoint: Path | str) -> str:
+    """MAJOR:MINOR of the mount at `mountpoint` from /proc/self/mountinfo (= its st_dev; root cannot
+    stat somebody else's FUSE mount without allow_other, so no stat here)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        found = [line.split()[2] for line in f if line.split()[4] == os.fspath(mountpoint)]
+    assert found, f"{mountpoint} is not mounted"
+    return found[-1]
+
+
+def bdi_read_ahead(mountpoint: Path | str) -> int:
+    """The mount's kernel readahead in KiB (/sys/class/bdi/MAJOR:MINOR/read_ahead_kb)."""
+    return int(Path(f"/sys/class/bdi/{devno(mountpoint)}/read_ahead_kb").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def requests_answered(port: int, op: str) -> int:
+    """meshfs_requests_total{op=OP,errno="OK"} of the daemon serving metrics on 127.0.0.1:PORT."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    m = re.search(rf'^meshfs_requests_total\{{op="{op}",errno="OK"\}} (\S+)$', text, re.MULTILINE)
+    return int(float(m.group(1))) if m else 0
 
 
 # ---- data ------------------------------------------------------------------------------------------

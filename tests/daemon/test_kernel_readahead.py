@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from rig import bdi_read_ahead, devno
 from rigs import HERE, REPO, Rig, cleanup, mounted, one_line, pid_alive, wait_for
 
 from meshfs import daemon
@@ -31,17 +32,6 @@ pytestmark = pytest.mark.fuse
 KERNEL_DEFAULT_KB = 128  # VM_READAHEAD_PAGES: what a FUSE mount's bdi starts with
 
 
-def devno(mountpoint: Path) -> str:
-    """MAJOR:MINOR of the mount at `mountpoint` from /proc/self/mountinfo (= its st_dev; root cannot
-    stat somebody else's FUSE mount without allow_other, so no stat here)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        found = [line.split()[2] for line in f if line.split()[4] == os.fspath(mountpoint)]
-    assert found, f"{mountpoint} is not mounted"
-    return found[-1]
-
-
-def bdi_read_ahead(mountpoint: Path) -> int:
-    return int(Path(f"/sys/class/bdi/{devno(mountpoint)}/read_ahead_kb").read_text())
 
 
 def _mount(rig: Rig, *extra: str) -> None:

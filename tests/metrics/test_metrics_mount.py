@@ -13,14 +13,10 @@ from typing import Any
 import pytest
 from authrig import MountRig, one_line, webdav, write_secret
 from prometheus_client.parser import text_string_to_metric_families
+from rig import free_port
 
 pytestmark = [pytest.mark.fuse, pytest.mark.reva]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,14 +10,12 @@ import errno
 import json
 import mmap
 import os
-import re
-import socket
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from mounthelp import WebDav, expect_errno, run_meshfs, sha256, sha256_file, sync
+from rig import free_port, requests_answered
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -146,18 +144,6 @@ def test_shared_mmap_write_is_stored(work: Path, mount_factory: Callable[..., Pa
     assert len(got) == 8192
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def writes_answered(port: int) -> int:
-    """meshfs_requests_total{op="write",errno="OK"} of the daemon serving metrics on `port`."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    m = re.search(r'^meshfs_requests_total\{op="write",errno="OK"\} (\S+)$', text, re.MULTILINE)
-    return int(float(m.group(1))) if m else 0
 
 
 def test_kernel_writeback_cache_mode(mount_factory: Callable[..., Path], webdav: WebDav) -> None:
@@ -169,7 +155,7 @@ def test_kernel_writeback_cache_mode(mount_factory: Callable[..., Path], webdav:
     d.mkdir()
     try:
         p = d / "f"
-        before = writes_answered(port)
+        before = requests_answered(port, "write")
         fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
         try:
             for i in range(1000):
@@ -177,7 +163,7 @@ def test_kernel_writeback_cache_mode(mount_factory: Callable[..., Path], webdav:
         finally:
             os.close(fd)
         # the kernel's page cache took them: far fewer WRITE requests than write(2) calls
-        assert writes_answered(port) - before < 100
+        assert requests_answered(port, "write") - before < 100
         expected = b"".join(f"line {i}\n".encode() for i in range(1000))
         assert p.stat().st_size == len(expected)
         with open(p, "ab") as f:

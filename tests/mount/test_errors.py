@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import trio
 from faultproxy import FaultProxy
 from mounthelp import WebDav, run_meshfs
+from rig import free_port
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -34,12 +34,6 @@ OUTAGE_OPTIONS = (
     "dir_poll_interval=0",
 )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def one_error_line(stderr: str) -> str:

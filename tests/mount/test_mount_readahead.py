@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import random
-import re
-import socket
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from mounthelp import WebDav, sha256
+from rig import bdi_read_ahead, free_port, requests_answered
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -26,28 +24,8 @@ MiB = 1024 * 1024
 SIZE = 16 * MiB
 
 
-def devno(mountpoint: Path) -> str:
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        found = [line.split()[2] for line in f if line.split()[4] == os.fspath(mountpoint)]
-    assert found, f"{mountpoint} is not mounted"
-    return found[-1]
 
 
-def bdi_read_ahead(mountpoint: Path) -> int:
-    return int(Path(f"/sys/class/bdi/{devno(mountpoint)}/read_ahead_kb").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def reads_answered(port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    m = re.search(r'^meshfs_requests_total\{op="read",errno="OK"\} (\S+)$', text, re.MULTILINE)
-    return int(float(m.group(1))) if m else 0
 
 
 def sequential_read(path: Path) -> tuple[bytes, int]:
@@ -84,11 +62,11 @@ def test_sequential_reads_arrive_in_1mib_requests(
         assert bdi_read_ahead(mnt) == (read_ahead_kb or 128)
         path = mnt / "home" / work.name / "seq.bin"
         assert path.stat().st_size == SIZE
-        before = reads_answered(port)
+        before = requests_answered(port, "read")
         got, calls = sequential_read(path)
         assert calls == SIZE // MiB
         assert sha256(got) == sha256(data), f"read_ahead_kb={read_ahead_kb}: the data differs"
-        counts[read_ahead_kb] = reads_answered(port) - before
+        counts[read_ahead_kb] = requests_answered(port, "read") - before
     print(f"\nREAD requests for a 16 MiB sequential read, by read_ahead_kb: {counts}")
     # 1 MiB READs: about one per MiB (a few more when the kernel splits at its readahead marks)
     assert counts[1024] <= 2 * SIZE // MiB, counts
