@@ -78,7 +78,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -1284,6 +1284,46 @@ class CacheStore:
                 e.epoch += 1  # fills that wrote before the truncation must not be marked
 
 
+class Payload(Protocol):
+    """Data that writes itself into a file, possibly without passing through Python (e.g.
+    meshfs.fuse.WritePayload, spliced from the kernel). A stream: `write_to(fd, offset)` writes
+    some of the bytes not yet written, the n-th byte of the data at `offset` + n, and returns how
+    many (like pwrite(2): may be short, raises OSError); `remaining` counts the bytes still to
+    write. `CacheFile.write` finishes a payload that `try_write` started."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def remaining(self) -> int: ...
+
+    def write_to(self, fd: int, offset: int) -> int: ...
+
+
+class _BytesPayload:
+    """bytes as a Payload (pwrite from memory)."""
+
+    __slots__ = ("_done", "_view")
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._done = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._view) - self._done
+
+    def write_to(self, fd: int, offset: int) -> int:
+        done = self._done
+        n = os.pwrite(fd, self._view[done:], offset + done)
+        if n <= 0 and done < len(self._view):
+            raise OSError(errno.EIO, "pwrite made no progress")
+        self._done = done + n
+        return n
+
+
 class CacheFile:
     """A handle on one cached file (returned by CacheStore.open_file; close it when done).
 
@@ -1436,10 +1476,12 @@ class CacheFile:
 
     # ---- writes ----------------------------------------------------------------------------------
 
-    def write(self, off: int, data: bytes | memoryview) -> int:
+    def write(self, off: int, data: bytes | bytearray | memoryview | Payload) -> int:
         """Write `data` at `off` (extending the file as needed); the file must be dirty. Returns the
         number of bytes written — all of them — or raises DiskFull with the file's size and range
-        map unchanged (after one retry that first evicts clean data: the disk may be shared)."""
+        map unchanged (after one retry that first evicts clean data: the disk may be shared).
+        A `Payload` is written from where it stands (`try_write` may have begun it); it is spent
+        afterwards, also when the write failed."""
         e = self._entry
         store = self._store
         n = len(data)
@@ -1452,23 +1494,26 @@ class CacheFile:
             old_size = e.size
             if n == 0:
                 return 0  # POSIX: a zero-length write changes nothing, not even the size
+            src: Payload = (
+                _BytesPayload(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+            )
             for attempt in (1, 2):
                 try:
-                    view = memoryview(data).cast("B")
-                    done = 0
-                    while done < n:
-                        done += os.pwrite(fd, view[done:], off + done)
+                    # a retry goes on where the failed attempt stopped (a payload taken from a
+                    # pipe cannot be read twice; what was written stays written)
+                    while src.remaining > 0:
+                        src.write_to(fd, off)
                     break
                 except OSError as exc:
-                    if off + n > old_size:
-                        with contextlib.suppress(OSError):
-                            os.ftruncate(fd, old_size)
                     if (
                         attempt == 1
                         and exc.errno in (errno.ENOSPC, errno.EDQUOT)
                         and store.release(2 * n) > 0
                     ):
                         continue
+                    if off + n > old_size:
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(fd, old_size)
                     raise _wrap_os_error(exc, what) from exc
             was_partial = e.partial
             changed = self._written(off, n, old_size)
@@ -1478,7 +1523,7 @@ class CacheFile:
                 store._journal_ranges(e, f"journaling a write to {what}")
         return n
 
-    def try_write(self, off: int, data: bytes | memoryview) -> int | None:
+    def try_write(self, off: int, data: bytes | bytearray | memoryview | Payload) -> int | None:
         """`write` for the event loop's thread: the same effect, but only when it needs no lock
         another thread holds, no journal record and no error handling. Returns the number of bytes
         written, or None when the caller must use `write` (in a worker thread) instead: the file is
@@ -1499,8 +1544,13 @@ class CacheFile:
                 return 0
             old_size = e.size
             try:
-                if os.pwrite(fd, data, off) != n:
-                    return None  # short: `write` finishes it (and handles what made it short)
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    if os.pwrite(fd, data, off) != n:
+                        return None  # short: `write` finishes it (and handles what made it short)
+                else:
+                    data.write_to(fd, off)
+                    if data.remaining > 0:
+                        return None  # short: `write` goes on from where this one stopped
             except OSError:
                 return None
             self._written(off, n, old_size)

@@ -22,6 +22,7 @@ from .operations import (
     RequestContext,
     SetattrFields,
     StatvfsData,
+    WritePayload,
     readdir_reply,
 )
 from .session import ConnectionInfo, MountError, MountOptions, Session, lazy_unmount
@@ -47,6 +48,7 @@ __all__ = [
     "Session",
     "SetattrFields",
     "StatvfsData",
+    "WritePayload",
     "lazy_unmount",
     "readdir_reply",
 ]

@@ -2,7 +2,7 @@
 
 Owns: `Operations` (async, inode based, modelled on pyfuse3's `Operations`), `FUSEError`,
 `EntryAttributes`, `FileInfo`, `SetattrFields`, `StatvfsData`, `RequestContext`, `Lock`,
-`ReaddirToken` + `readdir_reply`, `ROOT_INODE`.
+`ReaddirToken` + `readdir_reply`, `ROOT_INODE`, `WritePayload`.
 Must not import: anything else from meshfs (this package is a self-contained library), nor
 anything CS3/gRPC related. Only the standard library and trio.
 
@@ -27,8 +27,11 @@ task; handlers may await for as long as they like (the mount keeps serving other
 * Timeouts: `EntryAttributes.entry_timeout` / `attr_timeout` (seconds, float) say how long the kernel
   may cache the name -> inode mapping and the attributes; 0 means "ask every time".
 * Buffers: `write(fh, off, buf)` gets a `memoryview` into the session's request buffer; it is valid
-  only until the handler returns (copy it with `bytes(buf)` to keep it). `read()` may return
-  bytes, bytearray or memoryview; it is not copied again before being written to the kernel.
+  only until the handler returns (copy it with `bytes(buf)` to keep it). A filesystem that stores
+  data in files overrides `write_buf(fh, off, data)` instead: `data` (a `WritePayload`) writes
+  itself into a file descriptor, spliced from the kernel without a copy through Python. `read()`
+  may return bytes, bytearray or memoryview; it is not copied again before being written to the
+  kernel.
 * Locks: the session asks the kernel to forward POSIX (fcntl) and BSD (flock) locks to the
   filesystem only when `setlk` is overridden (or `MountOptions.locks=True`); otherwise the kernel
   keeps locks local. See `getlk` / `setlk` / `flush` / `release` for the lock-owner rules.
@@ -209,6 +212,108 @@ class ReaddirToken:
     #: kernel did not take).
     added: list[int] = field(default_factory=list)
     dot_names: int = 0
+
+
+class WritePayload:
+    """The data of one WRITE request, handed to `Operations.write_buf`.
+
+    It is either in memory (a memoryview into the session's request buffer) or still in the
+    kernel: with splicing, the session moved the request from /dev/fuse into a pipe and read only
+    its headers, and the data pages wait in the pipe (the kernel passed references to the page
+    cache pages the writer filled, no copy). `write_to` then moves them from the pipe into a file
+    with splice(2): one copy in the kernel, none through Python.
+
+    The payload is a stream: `write_to` writes the bytes not yet written, and `consumed` counts the
+    bytes already written. It is valid only until the handler returns (the session then discards
+    what is left). Not thread-safe: use it from one thread at a time (a worker thread may call
+    `write_to` while the handler awaits it).
+    """
+
+    __slots__ = ("_buf", "_consumed", "_filled", "_pipe", "_size")
+
+    def __init__(self, buf: memoryview, pipe: int = -1) -> None:
+        """buf: the data (pipe < 0), or the place in the request buffer to read it into when it
+        must come out of the pipe (`view`); its length is the payload's size either way."""
+        self._buf = buf
+        self._size = len(buf)
+        self._pipe = pipe
+        self._consumed = 0
+        self._filled = pipe < 0  # bytes in _buf are the data
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def consumed(self) -> int:
+        """Bytes already written by `write_to`."""
+        return self._consumed
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not yet written by `write_to`."""
+        return self._size - self._consumed
+
+    @property
+    def in_kernel(self) -> bool:
+        """True while the data is in the session's pipe, not in memory (`write_to` splices it)."""
+        return not self._filled
+
+    def write_to(self, fd: int, offset: int, count: int | None = None) -> int:
+        """Write bytes not yet written (at most `count`) to `fd`, the n-th byte of the payload at
+        `offset` + n (so always pass the offset of the payload's first byte); return how many this
+        call wrote.
+
+        Like pwrite(2) it may write fewer than asked (call again; `remaining` says how many are
+        left) and raises OSError on failure (bytes written before stay written and counted in
+        `consumed`). `fd` must accept positional writes (a regular file); 0 when nothing is left.
+        """
+        pos = self._consumed
+        left = self._size - pos
+        if count is not None:
+            left = min(left, count)
+        if left <= 0:
+            return 0
+        if self._filled:
+            n = os.pwrite(fd, self._buf[pos : pos + left], offset + pos)
+        else:
+            n = os.splice(self._pipe, fd, left, offset_dst=offset + pos)
+        if n <= 0:
+            raise OSError(errno.EIO, f"write to fd {fd} made no progress")
+        self._consumed = pos + n
+        return n
+
+    def write_all_to(self, fd: int, offset: int) -> int:
+        """`write_to` until everything is written; returns len(self)."""
+        while self._consumed < self._size:
+            self.write_to(fd, offset)
+        return self._size
+
+    def view(self) -> memoryview:
+        """The whole data in memory (read out of the pipe first if needed; one copy). Raises
+        ValueError when `write_to` already took bytes out of the pipe."""
+        if not self._filled:
+            if self._consumed:
+                raise ValueError("WritePayload.view() after write_to() took data out of the pipe")
+            _read_exactly(self._pipe, self._buf)
+            self._filled = True
+        return self._buf
+
+    def _discard(self) -> None:
+        """Session: drop whatever of the data is still in the pipe (the handler did not take it)."""
+        if not self._filled and self._consumed < self._size:
+            _read_exactly(self._pipe, self._buf[self._consumed :])
+            self._consumed = self._size
+        self._filled = True
+
+
+def _read_exactly(fd: int, buf: memoryview) -> None:
+    got = 0
+    size = len(buf)
+    while got < size:
+        n = os.readv(fd, [buf[got:]])
+        if n <= 0:
+            raise OSError(errno.EIO, f"pipe ended after {got} of {size} bytes")
+        got += n
 
 
 _DIRENT = struct.Struct("<QQII")  # ino, off, namelen, type
@@ -409,6 +514,16 @@ class Operations:
         `buf` is only valid until this handler returns. With writeback_cache, writes may come
         through any handle of the inode and may be issued by the kernel after close."""
         raise FUSEError(errno.ENOSYS)
+
+    async def write_buf(self, fh: int, off: int, data: WritePayload) -> int:
+        """Write `data` (len(data) bytes) at `off`; return the number of bytes written.
+
+        Override this instead of `write` to receive the data without it passing through Python:
+        the session then moves large WRITE requests through a pipe (splice) and `data.write_to(fd,
+        off)` splices them into a file; small ones (and every one when splicing is unavailable)
+        arrive in memory, and `write_to` pwrites them. `data.view()` gives the bytes in memory.
+        Valid only until the handler returns. The default calls `write(fh, off, data.view())`."""
+        return await self.write(fh, off, data.view())
 
     async def flush(self, fh: int, lock_owner: int) -> None:
         """close(2) of one file descriptor of handle `fh` (may happen several times per open).

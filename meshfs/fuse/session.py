@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -61,6 +62,8 @@ from .operations import (
     RequestContext,
     SetattrFields,
     StatvfsData,
+    WritePayload,
+    _read_exactly,
     pack_attr,
     pack_entry_out,
 )
@@ -68,6 +71,15 @@ from .operations import (
 log = logging.getLogger("meshfs.fuse")
 
 MiB = 1 << 20
+_PAGE = 4096
+#: in_header + fuse_write_in: what is read out of the pipe of a spliced WRITE before its data
+_WRITE_HEAD = abi.IN_HEADER.size + abi.WRITE_IN.size
+#: a spliced WRITE with less data than this is read into memory whole (a page: as libfuse does)
+SPLICE_MIN = _PAGE
+#: a WRITE of at least this many bytes (read the ordinary way) turns splicing on ...
+SPLICE_ENTER = 64 << 10
+#: ... and this many other requests in a row turn it off again (each costs one more syscall)
+SPLICE_LEAVE = 64
 _MNT_DETACH = 2
 _MS_RDONLY = 1
 _MS_NOSUID = 2
@@ -101,6 +113,11 @@ class MountOptions:
       finishes. Handlers waiting for a lock (SETLKW) do not count, so an unlock can always be read.
     unmount_grace: seconds to keep serving after a lazy (busy) unmount before the connection is
       aborted (processes still inside then get ENOTCONN).
+    splice_write: when the Operations overrides `write_buf`, move large WRITE requests from
+      /dev/fuse into a pipe with splice(2) and hand the data on still in the pipe (`WritePayload`):
+      no copy through Python. Used while large WRITEs come in (see SPLICE_ENTER/SPLICE_LEAVE);
+      needs a pipe of max_write + 2 pages per busy worker (beyond fs.pipe-max-size only for
+      root), else WRITEs are read the ordinary way.
     """
 
     fsname: str = "meshfs"
@@ -121,6 +138,7 @@ class MountOptions:
     auto_inval_data: bool = True
     max_tasks: int = 1024
     unmount_grace: float = 5.0
+    splice_write: bool = True
 
     def check(self) -> None:
         """Raise MountError for a bad value."""
@@ -255,6 +273,14 @@ class Session:
         self._workers = 0
         self._lock_waiters = 0
         self._ops_table = self._build_table()
+        #: the filesystem takes WritePayloads (overrides write_buf): WRITEs go there
+        self._write_buf = type(ops).write_buf is not Operations.write_buf
+        self._splice_ok = False  # set per mount: _write_buf and options.splice_write
+        self._splice_mode = False  # large WRITEs are coming: read requests through the pipe
+        self._plain_streak = 0  # requests other than WRITE in a row while in splice mode
+        #: counters (tests, debugging): WRITE payloads spliced into files / read into memory
+        self.spliced_writes = 0
+        self.memory_writes = 0
 
     # ================================================================== mount / unmount
     def mount(self, mountpoint: str | os.PathLike[str], options: MountOptions | None = None) -> None:
@@ -297,6 +323,8 @@ class Session:
                 raise MountError(f"mountpoint {mp} is not empty (mount over it with nonempty=True)")
         self.options = opts
         self._bufsize = opts.max_write + 4096
+        self._splice_ok = self._write_buf and opts.splice_write
+        self._splice_mode = False
         if os.geteuid() == 0:
             self.fd = self._mount_root(mp, st, opts)
             self._fusermount = False
@@ -588,12 +616,15 @@ class Session:
         finally:
             self._workers -= 1
             self._put_buf(state.buf)
+            _close_pipe(state)
 
     async def _work(self, state: _WorkerState) -> bool:
         """The worker loop; True: the worker is done, False: its cancel scope must be replaced."""
         me = state
         buf = state.buf
+        bufsize = len(buf)
         readv = os.readv
+        splice = os.splice
         fd = self.fd
         wait_readable = trio.lowlevel.wait_readable
         served = 0
@@ -608,8 +639,13 @@ class Session:
                     self._idle -= 1
                 continue
             self._reader = me
+            spliced = False
             try:
-                n = readv(fd, [buf])
+                if self._splice_mode and (state.pipe_w >= 0 or self._open_pipe(state)):
+                    spliced = True
+                    n = splice(fd, state.pipe_w, bufsize)
+                else:
+                    n = readv(fd, [buf])
             except BlockingIOError:
                 # only the reader waits here, so trio never sees two waiters on the fd
                 try:
@@ -625,6 +661,11 @@ class Session:
                 self._reader = None
                 if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # ENOENT: the request was interrupted before we could read it
+                if spliced and e.errno == errno.EINVAL:
+                    log.warning("meshfs.fuse: splice from /dev/fuse is not supported here (%s); "
+                                "reading WRITEs the ordinary way", e.strerror)
+                    self._splice_ok = self._splice_mode = False
+                    continue
                 if e.errno in (errno.ENODEV, errno.EBADF):
                     log.debug("meshfs.fuse: connection ended (%s)", e.strerror)
                     self._end()
@@ -633,6 +674,11 @@ class Session:
             except BaseException:
                 self._reader = None
                 raise
+            if spliced:
+                n = self._from_pipe(state, n)
+                if not n:
+                    self._reader = None
+                    continue
             try:
                 await self._process(state, n)
             finally:
@@ -661,6 +707,27 @@ class Session:
         opcode = hdr[1]
         unique = hdr[2]
         mv = memoryview(buf)[abi.IN_HEADER.size : n]
+        if self._splice_mode:
+            if opcode == abi.WRITE:
+                self._plain_streak = 0
+            else:
+                self._plain_streak += 1
+                if self._plain_streak >= SPLICE_LEAVE:
+                    self._splice_mode = False
+        payload = state.payload
+        if payload is not None:  # a WRITE whose data is still in the worker's pipe
+            state.payload = None
+            try:
+                fh, offset, _size, _wf, _lo, _fl, _ = abi.WRITE_IN.unpack_from(mv)
+                self.spliced_writes += 1
+                await self._run(state, hdr, self._do_write_buf(unique, fh, offset, payload))
+            finally:
+                try:
+                    payload._discard()
+                except OSError as e:
+                    log.error("meshfs.fuse: cannot empty the pipe after a WRITE: %s", e.strerror)
+                    _close_pipe(state)
+            return
         parser = self._ops_table.get(opcode)
         if parser is None:
             if opcode == abi.INTERRUPT:
@@ -680,11 +747,17 @@ class Session:
             log.exception("meshfs.fuse: cannot parse %s", abi.OPCODE_NAMES.get(opcode, opcode))
             self._reply_err(unique, errno.EIO)
             return
+        await self._run(state, hdr, fn(unique, *args))
+
+    async def _run(self, state: _WorkerState, hdr: tuple[int, ...], coro: Any) -> None:
+        """Run one request's handler coroutine; answer its errors."""
+        opcode = hdr[1]
+        unique = hdr[2]
         state.unique = unique
         state.lock_wait = opcode == abi.SETLKW
         err = 0
         try:
-            await _Tracked(self, state, fn(unique, *args))
+            await _Tracked(self, state, coro)
         except FUSEError as e:
             err = e.errno or errno.EIO
         except _ReplyFailed:
@@ -695,6 +768,57 @@ class Session:
             err = errno.EIO
         if err and opcode != abi.FORGET and opcode != abi.BATCH_FORGET:
             self._reply_err(unique, err)
+
+    def _open_pipe(self, state: _WorkerState) -> bool:
+        """Give the worker a pipe big enough for the largest request; False when it cannot have
+        one (it then reads requests the ordinary way)."""
+        if state.no_pipe:
+            return False
+        # a slot for the header page and one per data page of a WRITE, plus one: its data may start
+        # mid-page (a non-WRITE request fills max_write + 4096 bytes at most: fewer slots)
+        want = self.options.max_write + 2 * _PAGE
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, want)
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            state.no_pipe = True
+            log.debug("meshfs.fuse: no %d-byte pipe for splicing WRITEs (%s)", want, e.strerror)
+            return False
+        if size < want:
+            os.close(r)
+            os.close(w)
+            state.no_pipe = True
+            return False
+        state.pipe_r, state.pipe_w = r, w
+        return True
+
+    def _from_pipe(self, state: _WorkerState, n: int) -> int:
+        """A request of n bytes was spliced into the worker's pipe: read it into the worker's
+        buffer, except the data of a large WRITE, which stays in the pipe (`state.payload`).
+        Returns the number of bytes now in the buffer (0: the request was lost, answered EIO)."""
+        mv = memoryview(state.buf)
+        got = 0
+        try:
+            if n < _WRITE_HEAD + SPLICE_MIN:
+                _read_exactly(state.pipe_r, mv[:n])
+                return n
+            _read_exactly(state.pipe_r, mv[:_WRITE_HEAD])
+            got = _WRITE_HEAD
+            if abi.IN_HEADER.unpack_from(mv)[1] == abi.WRITE:
+                size = abi.WRITE_IN.unpack_from(mv, abi.IN_HEADER.size)[2]
+                if size == n - _WRITE_HEAD:
+                    state.payload = WritePayload(mv[_WRITE_HEAD:n], state.pipe_r)
+                    return _WRITE_HEAD
+            _read_exactly(state.pipe_r, mv[_WRITE_HEAD:n])
+            return n
+        except OSError as e:
+            log.error("meshfs.fuse: reading a request back from the pipe failed: %s", e.strerror)
+            _close_pipe(state)
+            if got:
+                self._reply_err(abi.IN_HEADER.unpack_from(mv)[2], errno.EIO)
+            return 0
 
     def _on_interrupt(self, mv: memoryview) -> None:
         (target,) = abi.INTERRUPT_IN.unpack_from(mv)
@@ -892,7 +1016,13 @@ class Session:
         def p_write(h: tuple[int, ...], mv: memoryview) -> Any:
             fh, offset, size, _wf, _lo, _fl, _ = abi.WRITE_IN.unpack_from(mv)
             data = mv[abi.WRITE_IN.size : abi.WRITE_IN.size + size]
-            return S._do_write, (fh, offset, data)
+            if not S._write_buf:
+                return S._do_write, (fh, offset, data)
+            if size >= SPLICE_ENTER and S._splice_ok and not S._splice_mode:
+                S._splice_mode = True
+                S._plain_streak = 0
+            S.memory_writes += 1
+            return S._do_write_buf, (fh, offset, WritePayload(data))
 
         def p_statfs(h: tuple[int, ...], mv: memoryview) -> Any:
             return S._do_statfs, (_ctx(h),)
@@ -1043,6 +1173,10 @@ class Session:
         n = await self.ops.write(fh, off, data)
         self._write(unique, 0, [abi.WRITE_OUT.pack(n, 0)])
 
+    async def _do_write_buf(self, unique: int, fh: int, off: int, data: WritePayload) -> None:
+        n = await self.ops.write_buf(fh, off, data)
+        self._write(unique, 0, [abi.WRITE_OUT.pack(n, 0)])
+
     async def _do_statfs(self, unique: int, ctx: RequestContext) -> None:
         s: StatvfsData = await self.ops.statfs(ctx)
         self._write(unique, 0, [abi.STATFS_OUT.pack(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
@@ -1120,6 +1254,20 @@ class _WorkerState:
     unique: int = 0
     interrupted: bool = False
     lock_wait: bool = False
+    #: the worker's pipe for splicing requests (-1: none yet), and whether it cannot have one
+    pipe_r: int = -1
+    pipe_w: int = -1
+    no_pipe: bool = False
+    #: the data of the WRITE just read, still in the pipe
+    payload: WritePayload | None = None
+
+
+def _close_pipe(state: _WorkerState) -> None:
+    """Close the worker's pipe (it gets a new one on its next spliced read)."""
+    for fd in (state.pipe_r, state.pipe_w):
+        if fd >= 0:
+            os.close(fd)
+    state.pipe_r = state.pipe_w = -1
 
 
 class _Tracked:
