@@ -47,6 +47,9 @@ class Node:
     `resource` began. For directories, `etag` is the last etag seen, `etag_since` the time the call
     that first showed it ended and `etag_checked` the time the latest call that showed it again began:
     nothing below the directory changed on the server between those two times.
+    `invalidated` is the trio time of the last local change that made `resource` stale (an upload of the
+    file landed, a child of the directory changed): an answer from a server call that began before it
+    may predate that change and is not recorded (vfs/tree.py).
     """
 
     inode: int
@@ -71,6 +74,7 @@ class Node:
     etag: str | None = None
     etag_since: float = math.inf
     etag_checked: float = -math.inf
+    invalidated: float = -math.inf
 
     @property
     def key(self) -> str | None:

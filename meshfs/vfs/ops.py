@@ -205,6 +205,8 @@ class MeshOps(Operations):
                 log.warning("%s", line)
                 self.errors.append(line)
                 del self.errors[:-50]
+            else:
+                log.debug("%s %s: %s", op, path, e)
             raise FUSEError(code) from None
         except BaseException:
             code = errno.EIO
@@ -236,10 +238,13 @@ class MeshOps(Operations):
     # ---- attributes ------------------------------------------------------------------------------
 
     def _attr(self, node: Node) -> EntryAttributes:
+        # a node invalidated by a local change (an upload landed) and not asked again yet: what is
+        # recorded predates the change, and the kernel must ask for the attributes before using them
+        stale = node.rid is not None and node.fetched < 0 and node.local_size is None
         a = EntryAttributes(
             st_ino=node.inode,
             entry_timeout=self.entry_ttl,
-            attr_timeout=self.attr_ttl,
+            attr_timeout=0.0 if stale else self.attr_ttl,
             st_uid=self.uid,
             st_gid=self.gid,
             st_blksize=128 * 1024,
@@ -472,7 +477,7 @@ class MeshOps(Operations):
             self.tree.remove_from_listing(parent, name)
         else:
             self.tree.add_to_listing(parent, name, node)
-        parent.fetched = -1.0
+        self.tree.invalidate(parent)
         parent.local_mtime_ns = time.time_ns()
         self._dir_mtimes_unsaved.add(parent.inode)
         res = parent.resource
@@ -588,7 +593,7 @@ class MeshOps(Operations):
                 await trio.to_thread.run_sync(self.store.rename_path, old_path, new_path, limiter=self.io)
             await self._changed(old_parent, old_name, None)
             await self._changed(new_parent, new_name, node)
-            node.fetched = -1.0
+            self.tree.invalidate(node)
 
     async def _replace_by_upload(self, node: Node, target: Node) -> bool:
         """The usual editor save (a closed temp file renamed over the document): upload the temp's
@@ -1083,10 +1088,10 @@ class MeshOps(Operations):
         for node in list(self.inodes_by_key(key)):
             if self.store.get_pending(key) is None:
                 node.local_size = node.local_mtime_ns = None
-            node.fetched = -1.0
+            self.tree.invalidate(node)
             parent = self.inodes.get(node.parent)
             if parent is not None:
-                parent.fetched = -1.0
+                self.tree.invalidate(parent)
                 self.tree.forget_listing(parent)
                 await self._save_dir_mtime(parent)
 

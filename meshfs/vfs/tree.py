@@ -161,17 +161,34 @@ class Tree:
 
     # ---- attributes ------------------------------------------------------------------------------
 
-    def _set_resource(self, node: Node, res: Resource, began: float | None = None) -> None:
-        """Record a server answer about `node`; `began` = trio time the call that gave it began."""
+    def _set_resource(self, node: Node, res: Resource, began: float | None = None) -> bool:
+        """Record a server answer about `node`; `began` = trio time the call that gave it began.
+
+        False (nothing recorded but a directory's etag) when the call began before the node was last
+        invalidated: the answer may predate that change (a listing asked just before an upload of the
+        file landed still shows the old size and etag), and recording it would serve the old state as
+        fresh, to the kernel too."""
         now = trio.current_time()
+        began = now if began is None else began
+        if began < node.invalidated and node.resource is not None:
+            self._etag_seen(node, res, began, now)  # etags carry their own time bounds
+            return False
         node.resource = res
         node.fetched = now
         node.kind = node_kind(res)
-        self._observed(node, res, now if began is None else began, now)
+        node.observed = began
+        self._etag_seen(node, res, began, now)
+        return True
+
+    def invalidate(self, node: Node) -> None:
+        """A local change made what is recorded about `node` stale (an upload of it landed, its entries
+        changed): the next question goes to the server, and answers to calls already on their way are
+        not recorded."""
+        node.fetched = -1.0
+        node.invalidated = trio.current_time()
 
     @staticmethod
-    def _observed(node: Node, res: Resource, began: float, ended: float) -> None:
-        node.observed = began
+    def _etag_seen(node: Node, res: Resource, began: float, ended: float) -> None:
         if res.kind is RKind.DIR and res.etag:
             if res.etag != node.etag:
                 node.etag, node.etag_since, node.etag_checked = res.etag, ended, began
@@ -253,18 +270,21 @@ class Tree:
             return None
         if not force and await self._revalidated(node):
             return node.resource
-        began = trio.current_time()
-        try:
-            res = await self.storage.stat(Ref.to(node.rid))
-        except NotFound:
-            node.unlinked = True
-            raise
-        except ServerUnavailable as e:
-            if node.resource is None:
+        for attempt in range(3):
+            began = trio.current_time()
+            try:
+                res = await self.storage.stat(Ref.to(node.rid))
+            except NotFound:
+                node.unlinked = True
                 raise
-            self._outage(e)
-            return node.resource  # the server is unreachable: serve what we last knew
-        self._set_resource(node, res, began)
+            except ServerUnavailable as e:
+                if node.resource is None:
+                    raise
+                self._outage(e)
+                return node.resource  # the server is unreachable: serve what we last knew
+            if self._set_resource(node, res, began) or attempt == 2:
+                break
+            # the node changed locally while the call was on its way (an upload landed): ask again
         return res
 
     def _outage(self, e: Exception) -> None:
@@ -399,11 +419,16 @@ class Tree:
     def _adopt(
         self, parent: Node, res: Resource, name: str | None = None, began: float | None = None
     ) -> Node:
+        known = self.inodes.by_rid(res.id)
+        if known is not None and began is not None and began < known.invalidated:
+            # the answer may predate a local change of this node (a rename: it would put the node
+            # back under its old name): keep what the change recorded
+            return known
         node = self.inodes.node_for(res.id, node_kind(res), name or res.name, parent.inode)
         node.readonly = parent.readonly or node.readonly
         if node.local_size is None:  # local changes win over the server's view until uploaded
             self._set_resource(node, res, began)
-        else:
+        elif began is None or began >= node.invalidated:
             node.resource, node.fetched = res, trio.current_time()
             node.observed = -math.inf  # what we serve is local, not the server's answer
         node.unlinked = False

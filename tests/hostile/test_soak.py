@@ -27,7 +27,9 @@ from hostilekit import ServerView, rss_kib
 pytestmark = [pytest.mark.reva, pytest.mark.fuse, pytest.mark.long]
 
 REPO = Path(__file__).resolve().parents[2]
-WORKERS = 4
+# knobs to reproduce faster while chasing a bug (the soak itself runs with the defaults)
+WORKERS = int(os.environ.get("MESHFS_SOAK_WORKERS", "4"))
+NAMES = int(os.environ.get("MESHFS_SOAK_NAMES", "30"))  # names per worker folder: f0 .. f<NAMES-1>
 SIZES = [0, 1, 100, 4096, 70000, 300000]
 
 
@@ -64,11 +66,11 @@ def _worker(root: str, seed: int, deadline: float, out: Any, pause: Any, go: Any
                 try:
                     state, resync = _view(mine), False
                 except OSError as exc:
-                    out.put(("anomaly", seed, ops, f"resync: {exc!r}"))
+                    out.put(("anomaly", seed, ops, f"resync: {exc!r} on {exc.filename}"))
                     time.sleep(0.5)  # pacing of the retry, not synchronisation
                     continue
             op = rnd.random()
-            name = f"f{rnd.randrange(30)}"
+            name = f"f{rnd.randrange(NAMES)}"
             p = mine / name
             what = "listdir"
             try:
@@ -87,7 +89,7 @@ def _worker(root: str, seed: int, deadline: float, out: Any, pause: Any, go: Any
                     p.unlink()
                     del state[name]
                 elif op < 0.9 and name in state:
-                    other = f"f{rnd.randrange(30)}"
+                    other = f"f{rnd.randrange(NAMES)}"
                     what = f"rename {name} {other}" + (" (over an existing file)" if other in state else "")
                     p.rename(mine / other)
                     state[other] = state.pop(name)
@@ -99,7 +101,9 @@ def _worker(root: str, seed: int, deadline: float, out: Any, pause: Any, go: Any
                             f"missing {sorted(set(state) - names)}"
                         )
             except (OSError, AssertionError) as exc:
-                out.put(("anomaly", seed, ops, f"w{seed} {what}: {exc!r}; before: {list(recent)}"))
+                stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
+                text = f"w{seed} {what}: {exc!r}; at {stamp}; before: {list(recent)}"
+                out.put(("anomaly", seed, ops, text))
                 resync = True
             recent.append(what)
             ops += 1
@@ -113,7 +117,7 @@ def _group(anomalies: list[tuple[float, str]]) -> dict[str, tuple[int, float, st
     """Anomalies by kind (operation + error, names and ids blanked): count, first time, first text."""
     kinds: dict[str, tuple[int, float, str]] = {}
     for at, text in anomalies:
-        head = text.split("; before:")[0]
+        head = re.split(r"; (?:at |before:)", text)[0]
         kind = re.sub(r"\bf\d+\b", "F", re.sub(r"^w\d+ ", "", head))
         kind = re.sub(
             r"[0-9a-f]{12}", "X", re.sub(r"\d+ bytes", "N bytes", re.sub(r"(write F) \d+", r"\1", kind))
@@ -263,6 +267,11 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(report, indent=1))
     print(f"soak: details in {out_file}")
+    log = Path(mount.cache) / "daemon.log"
+    if log.exists():  # the daemon's side of any anomaly (anomalies carry wall-clock times to match)
+        kept = out_file.with_name("soak-daemon.log")
+        kept.write_bytes(log.read_bytes())
+        print(f"soak: daemon log kept in {kept}")
     assert all(not c["differences"] for c in checks), [c["differences"] for c in checks]
     assert not final_bad, final_bad
     assert not anomalies, f"{len(anomalies)} anomalies, first: {anomalies[:5]}"
