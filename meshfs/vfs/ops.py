@@ -767,37 +767,36 @@ class MeshOps(Operations):
             self._check_writable(node)
         assert node.rid is not None
         key = str(node.rid)
-        pending = self.store.get_pending(key)
-        res = fresh
-        shown = node.resource  # what the kernel may have cached (size, mtime)
-        if res is None and pending is None:
-            # close-to-open consistency: every open asks the server for the current version
-            res = await self.tree.stat(node, force=True)
-            if shown is not None and res is not None and res.etag != shown.etag and self.session is not None:
-                # the kernel still believes the old size (a read past it would end at the old EOF):
-                # drop its attributes and pages before this open is answered
-                self.session.invalidate_inode(node.inode)
-                with trio.move_on_after(2):
-                    await self.session.drain_notifications()
-        if res is None:
-            res = node.resource
-        assert res is not None
-        if writable or flags & os.O_TRUNC:
-            holder = self.locks.foreign_holder(node.inode, res)
-            # overwrite protection: a file locked elsewhere cannot be truncated; a lock of another
-            # application (JupyterLab, web office) forbids writing at all. Between meshfs nodes a
-            # plain read-write open stays allowed, as on a local disk (sqlite opens, then locks)
-            if holder is not None and (holder.app != APP_NAME or flags & os.O_TRUNC):
-                log.info(
-                    "open for write refused: %s is locked by %s", self.tree.path_of(node), holder.describe()
-                )
-                raise FUSEError(errno.EACCES)
-        self.locks.reopened(node.inode)
-        before = self.store.lookup(key)
-        cf = await trio.to_thread.run_sync(
-            lambda: self.store.open_file(key, size=res.size, etag=res.etag, mtime=res.mtime_ns / 1e9),
-            limiter=self.io,
-        )
+        for attempt in range(3):
+            pending = self.store.get_pending(key)
+            res = await self._remote_state(node, pending is None, fresh)
+            if writable or flags & os.O_TRUNC:
+                holder = self.locks.foreign_holder(node.inode, res)
+                # overwrite protection: a file locked elsewhere cannot be truncated; a lock of another
+                # application (JupyterLab, web office) forbids writing at all. Between meshfs nodes a
+                # plain read-write open stays allowed, as on a local disk (sqlite opens, then locks)
+                if holder is not None and (holder.app != APP_NAME or flags & os.O_TRUNC):
+                    log.info(
+                        "open for write refused: %s is locked by %s",
+                        self.tree.path_of(node),
+                        holder.describe(),
+                    )
+                    raise FUSEError(errno.EACCES)
+            self.locks.reopened(node.inode)
+            before = self.store.lookup(key)
+            cf = await trio.to_thread.run_sync(
+                partial(self.store.open_file, key, size=res.size, etag=res.etag, mtime=res.mtime_ns / 1e9),
+                limiter=self.io,
+            )
+            if pending is None or fresh is not None or cf.dirty or cf.etag != res.etag or attempt == 2:
+                break
+            # The file was dirty, so the node's last known resource was passed instead of the server's
+            # state, and its upload landed in between: the store took that older resource for the
+            # remote version and reset the entry to it (a read saw its old size, 0 bytes; a write took
+            # its etag as base and the next upload was a false conflict). Ask the server, open again.
+            log.debug("open %s: its upload landed meanwhile; opening again", self.tree.path_of(node))
+            await trio.to_thread.run_sync(cf.close, limiter=self.io)
+            self.tree.invalidate(node)
         keep = before is not None and (before.dirty or before.etag == res.etag)
         append = bool(flags & os.O_APPEND) and not self._kernel_appends()
         h = Handle(self._new_fh(), node, cf, writable, append, Readahead(self.policy))
@@ -819,6 +818,25 @@ class MeshOps(Operations):
         if cf.dirty:
             node.local_size = cf.size
         return FileInfo(fh=h.fh, keep_cache=keep)
+
+    async def _remote_state(self, node: Node, clean: bool, fresh: Resource | None) -> Resource:
+        """The remote version an open revalidates the cache against: `fresh` (just created), the
+        server's current one for a clean file (close-to-open consistency), else the last known one
+        (a dirty file keeps its local content whatever the server says)."""
+        res = fresh
+        shown = node.resource  # what the kernel may have cached (size, mtime)
+        if res is None and clean:
+            res = await self.tree.stat(node, force=True)
+            if shown is not None and res is not None and res.etag != shown.etag and self.session is not None:
+                # the kernel still believes the old size (a read past it would end at the old EOF):
+                # drop its attributes and pages before this open is answered
+                self.session.invalidate_inode(node.inode)
+                with trio.move_on_after(2):
+                    await self.session.drain_notifications()
+        if res is None:
+            res = node.resource
+        assert res is not None
+        return res
 
     async def _dirty(self, h: Handle) -> None:
         """Journal the file as dirty before its first modification."""
