@@ -30,7 +30,7 @@ from cs3.storage.provider.v1beta1 import provider_api_pb2 as pb
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
-from meshfs.cs3.retry import RetryPolicy
+from meshfs.cs3.retry import RetryPolicy, StallWatch
 from meshfs.errors import (
     HTTP_FALLBACK,
     HTTP_STATUS_ERRORS,
@@ -101,6 +101,13 @@ class Transfer:
     simple uploads restart from scratch.
     sendfile: send upload bodies of plain-HTTP transfers with os.sendfile (kernel copy from the file
     to the socket, on a dedicated connection) instead of read()+send() through the pool.
+    probe_timeout: a read attempt *probes* (waits at most this long, capped at read_timeout, to
+    connect and for each byte, and is not retried if it gets nothing) in two cases, both only with
+    the gateway's unavailable_timeout set: as the last chance of a read whose attempt timed out
+    after no progress for unavailable_timeout (a hung connection is not yet a dead server), and
+    for unavailable_timeout seconds after such a stall (`stalls`, a StallWatch), so that a read(2)
+    the kernel splits into several READs fails after one stall plus a short probe per READ, not
+    a stall per READ. Any progress ends it.
     """
 
     def __init__(
@@ -116,15 +123,21 @@ class Transfer:
         ticket_lifetime: float = 60.0,
         ca_file: str | None = None,
         sendfile: bool = True,
+        probe_timeout: float = 2.0,
     ) -> None:
         if http_threads < 1:
             raise ValueError(f"http_threads must be ≥ 1, got {http_threads}")
+        if probe_timeout <= 0:
+            raise ValueError(f"probe_timeout must be > 0, got {probe_timeout}")
         self.gw = gateway
         self.limiter = trio.CapacityLimiter(http_threads)
         self.retry = RetryPolicy(retries, backoff, backoff_max)
         self.ticket_lifetime = ticket_lifetime
         self.sendfile = sendfile
         self._read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        self.probe_timeout = probe_timeout
+        self.stalls = StallWatch()  # the data server's last stall: reads shortly after it probe
         kw: dict[str, Any] = {}
         if ca_file is not None:
             kw["ca_certs"] = ca_file
@@ -202,47 +215,86 @@ class Transfer:
         done = 0
         attempt = 0
         renewed = reauthed = False
-        progress_at = trio.current_time()  # a read without progress for unavailable_timeout fails
+        limit = self.gw.unavailable_timeout  # the gateway's bound for a dead server
+        progress_at = trio.current_time()  # a read without progress for `limit` fails
+        last_chance = False  # the next attempt is the one probe after a stall ended by a timeout
         while True:
             ticket = await self.fresh_ticket(ticket)
             token = await self.gw.access_token()
             want = None if length is None else length - done
-
-            def work(
-                stop: threading.Event,
-                start: int = offset + done,
-                want: int | None = want,
-                at: int = base + done,
-                token: Secret = token,
-                ticket: DownloadTicket = ticket,
-            ) -> int:
-                return self._get(ticket, token, fd, start, want, at, stop, path)
-
+            # a *probe* waits only probe_timeout for each byte, and one that gets nothing ends the
+            # read: right after a stall of the data server (another read's, or our own), and as the
+            # last chance of a read that stalled on one connection (a hung connection is not yet a
+            # dead server; a fresh one to a live server answers at once)
+            suspect = self.stalls.suspect(trio.current_time(), limit)
+            probe = suspect or last_chance
+            waits = min(self.probe_timeout, self._read_timeout) if probe else self._read_timeout
             try:
-                done += await self._in_thread(work)
+                done += await self._attempt(
+                    ticket, token, fd, offset + done, want, base + done, path, waits if probe else None
+                )
+                self.stalls.progressed()
                 return done
             except Unauthenticated:
+                self.stalls.progressed()  # an answer: the server is alive
+                last_chance = False
                 if reauthed:
                     raise
                 reauthed = True
                 await self.gw.authenticate(stale=token)
             except PermissionDenied:
+                self.stalls.progressed()
+                last_chance = False
                 if renewed or ticket.ref is None:
                     raise
                 renewed = True
                 ticket = await self.initiate_download(ticket.ref, lock_id=ticket.lock_id)
             except _Transient as t:
+                now = trio.current_time()
                 done += t.progress
+                timed_out = isinstance(t.error, Timeout)
                 if t.progress:
                     attempt = 0  # the retry budget counts failures in a row without progress
-                    progress_at = trio.current_time()
-                limit = self.gw.unavailable_timeout  # the gateway's bound for a dead server
-                stalled = limit is not None and trio.current_time() - progress_at >= limit
-                if stalled or not self.retry.may_retry(attempt):
+                    # a timeout means the last byte came at least `waits` seconds ago
+                    progress_at = max(progress_at, now - waits) if timed_out else now
+                    self.stalls.progressed()
+                last_chance = False
+                stalled = limit is not None and now - progress_at >= limit
+                if stalled and timed_out and not probe and self.retry.may_retry(attempt):
+                    last_chance = True  # one probe on a fresh connection before giving up
+                elif stalled or (probe and not t.progress):
+                    # only a real stall (re)opens the window: a probe of a suspect server that
+                    # got nothing for less than `limit` does not extend it, so a server merely
+                    # slow to answer is not turned away for longer
+                    if stalled:
+                        self.stalls.stalled(now)
+                    raise t.error from None
+                elif not self.retry.may_retry(attempt):
                     raise t.error from None
                 log.debug("read %s: %s, retry %d", path, t.error, attempt + 1)
                 await self._pause(attempt)
                 attempt += 1
+
+    async def _attempt(
+        self,
+        ticket: DownloadTicket,
+        token: Secret,
+        fd: int,
+        start: int,
+        want: int | None,
+        at: int,
+        path: str,
+        read_timeout: float | None,
+    ) -> int:
+        """One GET of [start, start+want) into `fd` at `at`, in a worker thread: bytes written.
+        read_timeout: seconds to connect and without a byte before giving up (None: the pool's
+        connect_timeout and read_timeout).
+        Raises _Transient (with the bytes written before the failure) on transport failures."""
+
+        def work(stop: threading.Event) -> int:
+            return self._get(ticket, token, fd, start, want, at, stop, path, read_timeout)
+
+        return await self._in_thread(work)
 
     def _get(
         self,
@@ -254,8 +306,13 @@ class Transfer:
         at: int,
         stop: threading.Event,
         path: str,
+        read_timeout: float | None = None,
     ) -> int:
         headers = _headers(token, ticket.token)
+        kw: dict[str, Any] = {}
+        if read_timeout is not None:
+            connect = min(self._connect_timeout, read_timeout)
+            kw["timeout"] = urllib3.Timeout(connect=connect, read=read_timeout)
         if start or want is not None:
             headers["Range"] = f"bytes={start}-" + ("" if want is None else str(start + want - 1))
         written = 0
@@ -263,7 +320,7 @@ class Transfer:
         try:
             try:
                 resp = self.pool.request(
-                    "GET", ticket.url, headers=headers, preload_content=False, redirect=False
+                    "GET", ticket.url, headers=headers, preload_content=False, redirect=False, **kw
                 )
                 if resp.status == 416 and "Range" in headers and not resp.headers.get("Content-Range"):
                     # a server that cannot serve ranges at all (Reva's OCM received storage answers
@@ -271,7 +328,7 @@ class Transfer:
                     resp.drain_conn()
                     del headers["Range"]
                     resp = self.pool.request(
-                        "GET", ticket.url, headers=headers, preload_content=False, redirect=False
+                        "GET", ticket.url, headers=headers, preload_content=False, redirect=False, **kw
                     )
             except Urllib3Error as e:
                 raise _Transient(_transport_error(e, op="read", path=path)) from None
