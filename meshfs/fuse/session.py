@@ -46,7 +46,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -115,9 +115,11 @@ class MountOptions:
       aborted (processes still inside then get ENOTCONN).
     splice_write: when the Operations overrides `write_buf`, move large WRITE requests from
       /dev/fuse into a pipe with splice(2) and hand the data on still in the pipe (`WritePayload`):
-      no copy through Python. Used while large WRITEs come in (see SPLICE_ENTER/SPLICE_LEAVE);
-      needs a pipe of max_write + 2 pages per busy worker (beyond fs.pipe-max-size only for
-      root), else WRITEs are read the ordinary way.
+      no copy through Python. Used while large WRITEs come in (see SPLICE_ENTER/SPLICE_LEAVE).
+      A WRITE must fit one pipe (max_write + 2 pages; the kernel fails the WRITE otherwise), and
+      without CAP_SYS_RESOURCE a pipe is at most fs.pipe-max-size (1 MiB by default): mount()
+      then lowers max_write to fit (1 MiB -> 1016 KiB; `Session.options` shows the value used).
+      A worker that cannot get its pipe (per-user pipe limits) reads requests the ordinary way.
     """
 
     fsname: str = "meshfs"
@@ -172,6 +174,28 @@ class ConnectionInfo:
 
 
 _LIBC: ctypes.CDLL | None = None
+
+
+def splice_max_write(want: int) -> int:
+    """The largest max_write (<= want, a multiple of 4096) whose WRITEs fit a pipe this process
+    may have: a slot for the header page, one per data page, one more for data starting mid-page."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, want + 2 * _PAGE)
+            return want
+        except OSError:
+            pass
+        try:
+            with open("/proc/sys/fs/pipe-max-size") as f:
+                cap = int(f.read())
+            cap = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, cap)
+        except (OSError, ValueError):
+            return 0
+        return max(0, min(want, (cap - 2 * _PAGE) // _PAGE * _PAGE))
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def _libc() -> ctypes.CDLL:
@@ -321,10 +345,18 @@ class Session:
                 raise MountError(f"mountpoint {mp} cannot be listed: {e.strerror}") from None
             if nonempty:
                 raise MountError(f"mountpoint {mp} is not empty (mount over it with nonempty=True)")
-        self.options = opts
-        self._bufsize = opts.max_write + 4096
         self._splice_ok = self._write_buf and opts.splice_write
         self._splice_mode = False
+        if self._splice_ok:
+            fit = splice_max_write(opts.max_write)
+            if fit < SPLICE_ENTER:
+                self._splice_ok = False
+            elif fit < opts.max_write:
+                log.info("meshfs.fuse: max_write %d -> %d: a WRITE must fit a pipe to be spliced "
+                         "(fs.pipe-max-size limits this process)", opts.max_write, fit)
+                opts = replace(opts, max_write=fit)
+        self.options = opts
+        self._bufsize = opts.max_write + 4096
         if os.geteuid() == 0:
             self.fd = self._mount_root(mp, st, opts)
             self._fusermount = False

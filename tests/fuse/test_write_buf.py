@@ -42,7 +42,8 @@ def _pipe_max() -> int:
 
 
 def splice_max_write() -> int:
-    """The largest max_write this process can splice (a pipe of max_write + 2 pages)."""
+    """The largest max_write this process can splice (a pipe of max_write + 2 pages), computed
+    here independently of the session's own probe."""
     r, w = os.pipe()
     try:
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MiB + 2 * PAGE)
@@ -279,14 +280,22 @@ def test_no_pipe_to_be_had_falls_back_to_memory(
     fs.close_all()
 
 
-def test_default_max_write_is_correct_whether_or_not_it_can_splice(tmp_path: Path, backing: str) -> None:
+def test_default_max_write_is_lowered_to_fit_a_pipe_and_spliced(tmp_path: Path, backing: str) -> None:
     fs = FileFS(backing)
     with _mount(tmp_path, fs) as m:
+        assert m.session.options.max_write == splice_max_write()
         want, got = _write_pattern(m, tmp_path, seed=17)
         assert got == want
-        if splice_max_write() < MiB:
-            assert m.session.spliced_writes == 0  # the pipe cannot hold a 1 MiB WRITE here
+        assert m.session.spliced_writes > 0
     fs.close_all()
+
+
+def test_max_write_stays_without_write_buf_or_splicing(tmp_path: Path, backing: str) -> None:
+    (tmp_path / "a").mkdir()
+    with serve(tmp_path / "a", MemFS(), MountOptions(fsname="m", subtype="m")) as m:
+        assert m.session.options.max_write == MiB  # write() only: nothing to splice into
+    with _mount(tmp_path, FileFS(backing), splice_write=False) as m:
+        assert m.session.options.max_write == MiB
 
 
 def test_refused_and_half_taken_payloads_leave_the_next_request_intact(tmp_path: Path, backing: str) -> None:
