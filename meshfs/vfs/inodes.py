@@ -102,11 +102,20 @@ class InodeTable:
         self._pinned.add(inode)
         return node
 
-    def ensure(self, node: Node) -> None:
-        """Make `node` reachable by its inode again (a cached listing handed out a node the kernel had
-        forgotten: its number is the same, since numbers are stable per resource)."""
-        if self._nodes.get(node.inode) is not node:
+    def ensure(self, node: Node) -> Node:
+        """Make `node`'s inode reachable again and return the node that stands for it (a cached listing
+        handed out a node the kernel had forgotten). Numbers are stable per resource: when another
+        node was registered for the same inode since, that one is returned (it is the one server
+        answers, open handles and the kernel have been using); `node` is only an old copy."""
+        live = self._nodes.get(node.inode)
+        if live is None:
             self._nodes[node.inode] = node
+            return node
+        return live
+
+    def live(self, node: Node) -> Node:
+        """The registered node of `node`'s inode if there is one, else `node` (nothing registered)."""
+        return self._nodes.get(node.inode) or node
 
     def by_rid(self, rid: ResourceId) -> Node | None:
         inode = self._by_key.get(str(rid))

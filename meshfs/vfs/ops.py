@@ -298,7 +298,7 @@ class MeshOps(Operations):
         return mode
 
     async def _entry(self, node: Node) -> EntryAttributes:
-        self.inodes.ensure(node)
+        node = self.inodes.ensure(node)
         node.lookups += 1
         return self._attr(node)
 
@@ -437,9 +437,10 @@ class MeshOps(Operations):
                 i = 2
             for idx in range(i - 2, len(entries)):
                 name, node = entries[idx]
+                node = self.inodes.live(node)  # a forgotten node's inode may have a newer node
                 if not readdir_reply(token, name.encode("utf-8"), self._attr(node), idx + 3):
                     return
-                self.inodes.ensure(node)
+                node = self.inodes.ensure(node)
                 node.lookups += 1
 
     async def releasedir(self, fh: int) -> None:

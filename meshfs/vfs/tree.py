@@ -440,16 +440,20 @@ class Tree:
             entries = await self.listing(parent)
             if name not in entries:
                 raise NotFound("no such entry", op="lookup", path=self.path_of(parent) + "/" + name)
-            return entries[name]
+            return self.inodes.live(entries[name])
         listing = await self._cached_listing(parent)
         if listing is not None:
             node = listing.get(name)
             if node is None:
                 raise NotFound("no such entry", op="lookup", path=self.path_of(parent) + "/" + name)
-            return node
+            return self.inodes.live(node)
         if self.is_negative(parent, name):
             raise NotFound("no such entry (cached)", op="lookup", path=self.path_of(parent) + "/" + name)
         known = self._seen.get((parent.inode, name))
+        if known is not None:
+            # the kernel may have forgotten it and another node been made for its inode since: that
+            # one is the current record (name, resource, open handles)
+            known = self.inodes.live(known)
         if (
             known is not None
             and known.parent == parent.inode
@@ -480,7 +484,7 @@ class Tree:
             else:
                 if name not in entries:
                     raise NotFound("no such entry", op="lookup", path=self.path_of(parent) + "/" + name)
-                return entries[name]
+                return self.inodes.live(entries[name])
         stamp = self._stamp(parent.inode)
         began = trio.current_time()
         try:
@@ -496,7 +500,7 @@ class Tree:
             if known is None:
                 raise
             self._outage(e)
-            return known
+            return self.inodes.live(known)
         node = self._adopt(parent, res, name, began)
         self._seen[(parent.inode, name)] = node
         return node

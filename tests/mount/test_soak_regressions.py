@@ -6,10 +6,13 @@ uploads' PUTs go straight to the data gateway.
 1. A server answer that was already on its way when an upload landed (a listing asked just before) must
    not be recorded as the file's current state: the soak read 0 bytes from a just-uploaded file, whose
    size the kernel had been given from such an answer (READDIRPLUS of a `listdir`).
+2. A node the kernel had forgotten, still held by a cached listing, must not replace the node made for
+   the same inode since (see the test).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -108,3 +111,71 @@ async def test_a_listing_answered_before_an_upload_landed_does_not_undo_it(
             await in_thread(webdav.delete, name)
         except Exception:  # best effort cleanup of the server side
             pass
+
+
+def drop_kernel_caches() -> None:
+    """Evict every unused dentry and inode of the machine: the kernel sends FORGET for them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to write /proc/sys/vm/drop_caches (evicts inodes: FORGET to the daemon)")
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+
+
+def test_a_forgotten_node_in_a_cached_listing_does_not_replace_the_live_one(
+    mount_factory: Callable[..., Path], webdav: WebDav, tmp_path: Path
+) -> None:
+    """2. After the kernel forgot a file, the daemon made a new node for its inode (a lookup asked the
+    server) while the directory's cached listing still held the old one. Serving that listing later put
+    the old node back in the inode table in place of the live one, which had the open handle and the
+    local size and mtime: the kernel was then told the server's older mtime of a file being written,
+    and a rename or unlink acted on a node without the open handle (its upload-rename would move the
+    data under the writer)."""
+    mnt = mount_factory("einstein", "dir_poll_interval=0", "upload_delay=1h")
+    name = f"soakreg-forget-{tmp_path.name[-12:]}-{os.getpid()}"
+    d = mnt / "home" / name
+    try:
+        d.mkdir()
+        (d / "f").write_bytes(b"1")
+        (d / "s").mkdir()
+        (d / "s" / "x").write_bytes(b"x")
+        done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert sorted(os.listdir(d)) == ["f", "s"]  # the listing the daemon keeps (old node of f)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # d itself stays known (its etag record too)
+        drop_kernel_caches()  # the kernel forgets f's inode: the daemon drops its node
+        time.sleep(1.5)  # past the 1 s TTLs: the listing is served only after an etag check from now on
+        # (paths relative to the open d from here on: a path walk would look d up again, and the
+        # answer would confirm d's etag)
+        with pytest.raises(OSError) as exc:
+            os.rmdir("s", dir_fd=dfd)  # a local change of d that changes nothing on the server
+        assert exc.value.errno == errno.ENOTEMPTY
+        time.sleep(1.5)  # the check that rmdir made is a TTL old: the listing cannot be confirmed now
+        fd = os.open("f", os.O_WRONLY, dir_fd=dfd)  # the lookup asks the server: a new node for f's inode
+        try:
+            written = time.time()
+            assert os.write(fd, b"x" * 100) == 100  # local size and mtime on the new node
+            _force_stat(d)  # the daemon checks the etag of d again: unchanged
+            assert sorted(os.listdir(d)) == ["f", "s"]  # the cached listing, confirmed by that check
+            time.sleep(1.5)  # the kernel's attributes of f expire: the next stat asks the daemon
+            st = os.stat(d / "f")
+            # (the size would survive: the cache journal knows it; the write's mtime lives in the node)
+            assert st.st_size == 100
+            assert st.st_mtime >= written - 1.0, "the old node of f came back (the server's mtime)"
+        finally:
+            os.close(fd)
+            os.close(dfd)
+        assert (d / "f").read_bytes() == b"x" * 100
+    finally:
+        run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90)
+        try:
+            webdav.delete(name)
+        except Exception:  # best effort cleanup of the server side
+            pass
+
+
+def _force_stat(d: Path) -> None:
+    """A forced Stat of directory `d` by the daemon (lock state is always asked): its etag is checked."""
+    try:
+        os.getxattr(d, "user.meshfs.lock")
+    except OSError as e:
+        assert e.errno == errno.ENODATA, e
