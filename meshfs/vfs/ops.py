@@ -54,6 +54,7 @@ from meshfs.fuse import (
     Session,
     SetattrFields,
     StatvfsData,
+    WritePayload,
     readdir_reply,
 )
 from meshfs.fuse import Lock as FLock
@@ -975,7 +976,7 @@ class MeshOps(Operations):
             self.bytes_down += got
             await trio.to_thread.run_sync(partial(cf.mark_present, moff, got, epoch=epoch), limiter=self.io)
 
-    async def write(self, fh: int, off: int, buf: memoryview) -> int:
+    async def write_buf(self, fh: int, off: int, buf: WritePayload) -> int:
         h = self._handle(fh)
         async with self._op("write", h.node):
             if not h.writable:
@@ -988,7 +989,8 @@ class MeshOps(Operations):
             cf = h.cache
             if h.append:
                 off = cf.size
-            # `buf` stays valid until we answer (the session's request buffer): no copy
+            # `buf` stays valid until we answer; it writes itself into the cache file (spliced
+            # from the kernel when it is still in the session's pipe): no copy through Python
             grow = max(0, off + len(buf) - cf.size)
             if grow:
                 await self.space.reserve(grow, timeout=self.backpressure_timeout)
@@ -1010,14 +1012,16 @@ class MeshOps(Operations):
             await self._dirty(h)
             return await trio.to_thread.run_sync(fn, *args, limiter=self.io)
 
-    def _write_inline(self, cf: CacheFile, off: int, buf: memoryview) -> int | None:
+    def _write_inline(self, cf: CacheFile, off: int, buf: WritePayload) -> int | None:
         """pwrite a small write into the cache file on the event loop's thread: a few KiB into the
         page cache cost microseconds, less than handing them to a worker thread (see
         INLINE_WRITE_MAX). The kernel may still stall a writer (dirty-page throttling when the disk
         falls behind): a write that took longer than INLINE_WRITE_SLOW sends the writes of the next
         INLINE_WRITE_BACKOFF seconds to worker threads, so the loop (every other request of the
-        mount) stalls once, briefly. None: the caller uses a worker thread."""
-        if len(buf) > INLINE_WRITE_MAX:
+        mount) stalls once, briefly. A payload still in the kernel (spliced) is written inline at
+        any size: splice(2) moves it pipe -> page cache without Python, cheaper than the hop.
+        None: the caller uses a worker thread."""
+        if len(buf) > INLINE_WRITE_MAX and not buf.in_kernel:
             return None
         now = trio.current_time()
         if now < self._inline_writes_after:
