@@ -25,6 +25,13 @@ Replies are one `os.writev` each, WRITE payloads are memoryviews into the worker
 READ results are written as returned (no copies). INTERRUPT cancels the blocked handler (each
 worker owns one cancel scope, replaced after an interrupt) and answers EINTR.
 
+Spliced WRITEs (only for an Operations that overrides `write_buf`, `MountOptions.splice_write`):
+while large WRITEs come in, each worker moves requests from /dev/fuse into its own pipe with
+splice(2) (the kernel lends the page cache pages of the written data, no copy), reads the 80
+header bytes of a WRITE and hands its data on still in the pipe (`WritePayload`, which splices it
+into the filesystem's file); other requests are read out of the pipe whole. What the handler did
+not take is drained from the pipe before the worker reads again.
+
 Notifications (`invalidate_inode`, `invalidate_entry`, `delete_entry`, `store`) are queued and
 written by a worker thread, so they never block the loop nor deadlock against a request that
 holds kernel locks (e.g. a READ holding the page lock that an invalidation waits for); call them
