@@ -126,6 +126,7 @@ class InodeTable:
         inode = self._by_key.get(str(rid))
         node = None if inode is None else self._nodes.get(inode)
         if node is not None:
+            # (a registered node always carries the id its inode is keyed by; `rekey` sees to it)
             node.name, node.parent, node.kind = name, parent, kind
             return node
         if inode is None:
@@ -137,10 +138,13 @@ class InodeTable:
         return node
 
     def rekey(self, node: Node, rid: ResourceId) -> None:
-        """A resource got a new id (e.g. replaced by an upload through another path)."""
-        if node.rid is not None and self._by_key.get(str(node.rid)) == node.inode:
-            del self._by_key[str(node.rid)]
-        node.rid = rid
+        """A resource got a new id (e.g. replaced by an upload through another path). The node
+        registered for the same inode, when `node` is an old copy of it, gets the id too: it is the one
+        the kernel's requests reach, and it must not keep an id that is gone."""
+        for n in {id(x): x for x in (node, self._nodes.get(node.inode)) if x is not None}.values():
+            if n.rid is not None and self._by_key.get(str(n.rid)) == n.inode:
+                del self._by_key[str(n.rid)]
+            n.rid = rid
         self._by_key[str(rid)] = node.inode
 
     def forget(self, inode: int, nlookup: int) -> None:

@@ -179,3 +179,54 @@ def _force_stat(d: Path) -> None:
         os.getxattr(d, "user.meshfs.lock")
     except OSError as e:
         assert e.errno == errno.ENODATA, e
+
+
+def test_a_rename_over_after_the_kernel_forgot_the_source_keeps_the_file_reachable(
+    mount_factory: Callable[..., Path], webdav: WebDav, tmp_path: Path
+) -> None:
+    """3. The soak's `write f18: FileNotFoundError`, then ENOENT on that name for ~230 s. The kernel had
+    forgotten the source of a rename over an existing file (memory pressure); the daemon had made a new
+    node for its inode since, while a cached listing still held the old one. The rename took the old
+    node from the listing and gave it the target's resource id (rename over = upload to the target +
+    delete of the source), leaving the live node with the deleted source's id: every open of the new
+    name asked the server for that id (ENOENT) until the kernel forgot the inode again."""
+    mnt = mount_factory("einstein", "dir_poll_interval=0", "upload_delay=1h")
+    name = f"soakreg-renover-{tmp_path.name[-12:]}-{os.getpid()}"
+    d = mnt / "home" / name
+    try:
+        d.mkdir()
+        (d / "a").write_bytes(b"content of a")
+        (d / "b").write_bytes(b"content of b")
+        (d / "s").mkdir()
+        (d / "s" / "x").write_bytes(b"x")
+        done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert sorted(os.listdir(d)) == ["a", "b", "s"]  # the listing the daemon keeps (old nodes)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # d stays known; paths relative to it below
+        try:
+            drop_kernel_caches()  # the kernel forgets a and b: the daemon drops their nodes
+            time.sleep(1.5)  # past the 1 s TTLs
+            with pytest.raises(OSError) as exc:
+                os.rmdir("s", dir_fd=dfd)  # a local change of d that changes nothing on the server
+            assert exc.value.errno == errno.ENOTEMPTY
+            time.sleep(1.5)  # the listing cannot be confirmed now: a lookup of a asks the server
+            assert os.stat("a", dir_fd=dfd).st_size == len(b"content of a")  # a new node for a's inode
+            _force_stat(d)  # the etag of d is checked again: the old listing is confirmed
+            os.rename("a", "b", src_dir_fd=dfd, dst_dir_fd=dfd)  # over an existing file
+            with open(os.open("b", os.O_RDONLY, dir_fd=dfd), "rb") as f:
+                assert f.read() == b"content of a"
+            with open(os.open("b", os.O_WRONLY | os.O_TRUNC, dir_fd=dfd), "wb") as f:
+                f.write(b"rewritten")
+        finally:
+            os.close(dfd)
+        assert sorted(os.listdir(d)) == ["b", "s"]
+        assert (d / "b").read_bytes() == b"rewritten"
+        done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert webdav.get(f"{name}/b") == b"rewritten"
+    finally:
+        run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90)
+        try:
+            webdav.delete(name)
+        except Exception:  # best effort cleanup of the server side
+            pass
