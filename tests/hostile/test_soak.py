@@ -4,7 +4,10 @@ the mount syncs, and every worker's files are compared with the server (WebDAV l
 file, no meshfs involved); at the end a second mount must see the same. The daemon's RSS is sampled
 every few seconds: it must stay bounded. MESHFS_SOAK_SECONDS sets the length (default 600).
 
-The RSS series and the check results are printed and written to .cache/test-results/soak.json.
+The RSS series and the check results are printed and written to .cache/test-results/soak.json, the
+daemon's log is kept beside it (soak-daemon.log; anomalies carry wall-clock times to match its lines).
+Knobs to chase a bug faster: MESHFS_SOAK_WORKERS (default 4), MESHFS_SOAK_NAMES (names per folder, 30),
+MESHFS_SOAK_FORGET_SECONDS (drop the kernel's unused inodes that often, as memory pressure does; off).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import queue
 import random
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 WORKERS = int(os.environ.get("MESHFS_SOAK_WORKERS", "4"))
 NAMES = int(os.environ.get("MESHFS_SOAK_NAMES", "30"))  # names per worker folder: f0 .. f<NAMES-1>
 SIZES = [0, 1, 100, 4096, 70000, 300000]
+# every so many seconds the kernel is made to forget every unused inode (drop_caches 2, as memory pressure
+# does): the daemon must serve the names again correctly (0 = off; global to the machine, so opt-in)
+FORGET_EVERY = float(os.environ.get("MESHFS_SOAK_FORGET_SECONDS", "0"))
 
 
 def _view(mine: Path) -> dict[str, str]:
@@ -160,6 +167,9 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
     ]
     for p in procs:
         p.start()
+    forgetting = threading.Event()
+    if FORGET_EVERY > 0:
+        threading.Thread(target=_forget_loop, args=(forgetting, FORGET_EVERY), daemon=True).start()
     rss: list[tuple[float, int]] = []
     checks: list[dict[str, Any]] = []
     final: dict[int, tuple[int, dict[str, str]]] = {}
@@ -195,6 +205,7 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
             elif kind == "error":
                 errors.append(f"worker {seed} after {ops} ops: {payload}")
     finally:
+        forgetting.set()
         go.set()
         for p in procs:
             p.join(timeout=60)
@@ -277,6 +288,16 @@ def test_soak_mixed_operations_with_bounded_memory(mount, work: Path, tmp_path: 
     assert not anomalies, f"{len(anomalies)} anomalies, first: {anomalies[:5]}"
     assert len(checks) >= min(3, int(seconds // check_every) - 1), f"only {len(checks)} periodic checks ran"
     assert last < first * 1.5 + 50_000, f"daemon RSS grew from {first} KiB to {last} KiB"
+
+
+def _forget_loop(stop: threading.Event, every: float) -> None:
+    """drop_caches 2 every `every` seconds until `stop`: the kernel sends FORGET for unused inodes."""
+    while not stop.wait(every):
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        except OSError as exc:  # not root: say so once and stop
+            print(f"soak: cannot drop kernel caches ({exc}); MESHFS_SOAK_FORGET_SECONDS ignored")
+            return
 
 
 def _diff(got: dict[str, str], want: dict[str, str]) -> str:
