@@ -163,7 +163,8 @@ class InodeTable:
     def _drop(self, node: Node) -> None:
         # The key → inode entry stays: the same resource gets the same inode number when the kernel
         # looks it up again (numbers are stable for the daemon's lifetime; an int per resource seen).
-        self._nodes.pop(node.inode, None)
+        if self._nodes.get(node.inode) is node:  # never another node registered for the inode since
+            del self._nodes[node.inode]
 
     def children_of(self, parent: int) -> list[Node]:
         return [n for n in self._nodes.values() if n.parent == parent and n.virtual is None]
