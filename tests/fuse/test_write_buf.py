@@ -398,3 +398,31 @@ def test_writeback_cache_writes_are_spliced_right(tmp_path: Path, backing: str) 
         assert dst.read_bytes() == data
         assert fs.seen_in_kernel == m.session.spliced_writes
     fs.close_all()
+
+
+@pytest.mark.parametrize("writeback", [False, True], ids=["write-through", "writeback_cache"])
+def test_what_the_kernel_shows_after_a_remote_growth(tmp_path: Path, writeback: bool) -> None:
+    """Why writeback_cache stays off for a network filesystem: with it the kernel keeps a regular
+    file's size (and mtime/ctime) from its own inode and ignores the filesystem's answer, also after
+    an invalidation (fs/fuse/inode.c fuse_get_cache_mask); a change made elsewhere stays invisible.
+    Without it the new size shows at once. (Fails when a kernel changes this: then revisit.)"""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    opts = MountOptions(fsname="m", subtype="m", writeback_cache=writeback, unmount_grace=1.0)
+    with serve(mp, MemFS(timeout=0.0), opts) as m:
+        f = mp / "f"
+        f.write_bytes(b"abc")
+        ino = f.stat().st_ino
+
+        def grow_elsewhere() -> None:
+            node = m.fs.nodes[ino]
+            node.data.extend(b"-grown-remotely")
+            node.mtime_ns += 1_000_000_000
+
+        m.call(grow_elsewhere)
+        m.call(m.session.invalidate_inode, ino, 0, 0)
+        m.acall(m.session.drain_notifications)
+        if writeback:
+            assert f.stat().st_size == 3 and f.read_bytes() == b"abc"
+        else:
+            assert f.stat().st_size == 18 and f.read_bytes() == b"abc-grown-remotely"
