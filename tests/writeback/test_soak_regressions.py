@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from meshfs.config import load_config
-from meshfs.fuse import RequestContext
+from meshfs.fuse import RequestContext, WritePayload
 from meshfs.vfs.filesystem import MeshFilesystem
 from meshfs.vfs.tree import HOME_INODE
 
@@ -62,7 +62,7 @@ async def write_file(fs: MeshFilesystem, parent: int, name: str, data: bytes) ->
     """create + write + release, as `open(O_CREAT|O_TRUNC|O_WRONLY)`, write, close do; the inode."""
     ops = fs.operations
     fi, attr = await ops.create(parent, name.encode(), 0o100644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CTX)
-    assert await ops.write(fi.fh, 0, memoryview(data)) == len(data)
+    assert await ops.write_buf(fi.fh, 0, WritePayload(memoryview(data))) == len(data)
     await ops.release(fi.fh, os.O_WRONLY, 0, False)
     return attr.st_ino
 
@@ -127,7 +127,7 @@ async def test_rewrite_of_a_file_whose_upload_lands_during_the_open_is_no_confli
     # rewrite (open O_TRUNC of the existing file) while its first version goes up
     fi = await ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)
     assert fired()
-    assert await ops.write(fi.fh, 0, memoryview(b"second version")) == len(b"second version")
+    assert await ops.write_buf(fi.fh, 0, WritePayload(memoryview(b"second version"))) == 14
     await ops.release(fi.fh, os.O_WRONLY, 0, False)
     assert fs.writeback is not None
     await fs.writeback.flush(key)
