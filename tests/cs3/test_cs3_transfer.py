@@ -210,6 +210,37 @@ async def test_download_resumes_after_cuts(einstein, workdir, make_file, proxy_f
     assert n == size and sha256_file(dst) == sha256_file(src)
 
 
+async def test_ranged_reads_reuse_one_connection_and_a_cut_one_is_not_reused(  # type: ignore[no-untyped-def]
+    einstein, workdir, make_file, proxy_factory, tmp_path
+) -> None:
+    """Bodies are received by http.client straight into our buffer (transfer._body_reader): a body read
+    to its end must still give the connection back to the pool (three ranged reads, one connection),
+    and a body cut before its Content-Length is an error, never a short success."""
+    size = 3 * MiB
+    src = make_file(size)
+    ref = workdir.child("reuse.bin")
+    with fd_of(src) as f:
+        await einstein.transfer.upload(ref, f, size)
+    ticket = await einstein.transfer.initiate_download(ref)
+    proxy = await proxy_factory(urlsplit(ticket.url).port)
+    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    tr = Transfer(einstein.gw, retries=0)
+    dst = tmp_path / "reuse"
+    try:
+        with fd_of(dst, write=True) as fd, trio.fail_after(60):
+            for i in range(3):
+                assert await tr.read_range(via, fd, offset=i * MiB, length=MiB) == MiB
+            assert proxy.connections == 1, "each ranged read opened its own connection"
+            assert sha256_file(dst) == sha256_file(src)
+            proxy.cut_each_after(MiB // 2, "down", "close")
+            with pytest.raises(ServerUnavailable, match=r"cut short|failed"):
+                await tr.read_range(via, fd, offset=0, length=2 * MiB)
+            with pytest.raises(ServerUnavailable, match=r"cut short|failed"):
+                await tr.read_range(via, fd)  # no Range: only the Content-Length tells the cut
+    finally:
+        tr.close()
+
+
 async def test_download_server_killed(einstein, workdir, make_file, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     size = 3 * MiB
     src = make_file(size)
