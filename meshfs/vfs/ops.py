@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TypeVar
 
@@ -1110,6 +1110,20 @@ class MeshOps(Operations):
         stored yet is stored now, so other nodes and later mounts see that one too."""
         for node in list(self.inodes_by_key(key)):
             if self.store.get_pending(key) is None:
+                info = self.store.lookup(key)
+                res = node.resource
+                if (
+                    res is not None
+                    and info is not None
+                    and info.etag == etag
+                    and info.size == node.local_size
+                ):
+                    # our version is the server's now (not a conflict, where the cache follows the
+                    # server's): until the next Stat, show the size and mtime it went up with, not
+                    # the resource from before it (an answer that crossed the upload is not recorded,
+                    # and the kernel may use attributes within the jiffy they came in, timeout or not)
+                    mtime = node.local_mtime_ns if node.local_mtime_ns is not None else res.mtime_ns
+                    node.resource = replace(res, size=info.size, mtime_ns=mtime, etag=etag)
                 node.local_size = node.local_mtime_ns = None
             self.tree.invalidate(node)
             parent = self.inodes.get(node.parent)
