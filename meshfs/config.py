@@ -445,7 +445,13 @@ OPTIONS: tuple[Option, ...] = (
         "Interval of the remote-change poller (directory etags); 0 disables it.",
         _duration_in(0.0, 86400.0),
     ),
-    _o("readahead_max", "size", 8 * _MiB, "Largest sequential readahead window.", _size_at_least(128 * _KiB)),
+    _o(
+        "readahead_max",
+        "size",
+        64 * _MiB,
+        "Largest sequential readahead window (at most a quarter of `cache_size`).",
+        _size_at_least(128 * _KiB),
+    ),
     _o(
         "read_ahead_kb",
         "int",

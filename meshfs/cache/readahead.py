@@ -11,7 +11,7 @@ Policy (one `Readahead` per open handle):
   * A read starting where the previous one ended (or up to `tolerance` after it; or up to `tolerance`
     before it inside a sequential run, for requests the kernel issued in parallel arriving out of
     order) is *sequential*: the window starts at `min_window` (128 KiB) and doubles on
-    every sequential read up to `max_window` (8 MiB by default, `readahead_max` in the config); the
+    every sequential read up to `max_window` (`readahead_max` in the config, 64 MiB by default); the
     fetch is the read itself plus the window after it, aligned to `block`.
   * Files of at most `whole_file_below` bytes are fetched whole on the first miss (one request is
     cheaper than several).

@@ -171,7 +171,9 @@ class MeshOps(Operations):
         self.read_only = read_only
         self.locks = locks
         self.share_commands: ShareCommands | None = None  # set by MeshFilesystem.start
-        self.policy = ReadaheadPolicy(max_window=max(readahead_max, 128 * 1024))
+        # a window is reserved in the cache as one piece: keep it well inside the cache's limit
+        # (a window larger than the whole cache could never be reserved and would fail the read)
+        self.policy = ReadaheadPolicy(max_window=max(min(readahead_max, store.limit // 4), 128 * 1024))
         self.session: Session | None = None
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
