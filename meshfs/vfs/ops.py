@@ -349,10 +349,18 @@ class MeshOps(Operations):
             if fields.update_size:
                 if node.kind is Kind.DIR:
                     raise FUSEError(errno.EISDIR)
-                self._check_writable(node)
-                # lock state moves no etag: ask the server (a cached resource may predate the lock)
-                if self.locks.foreign_holder(node.inode, await self.tree.stat(node, force=True)) is not None:
-                    raise FUSEError(errno.EACCES)  # truncating a file locked elsewhere: overwrite protection
+                if node.unlinked:
+                    # ftruncate through a handle of a file unlinked (or renamed over) while open: only
+                    # the open file's own copy changes, as on a local disk; nothing on the server is
+                    # left to protect or to ask
+                    if fh is None or fh not in self._handles:
+                        raise FUSEError(errno.ENOENT)
+                else:
+                    self._check_writable(node)
+                    # lock state moves no etag: ask the server (a cached resource may predate the lock)
+                    current = await self.tree.stat(node, force=True)
+                    if self.locks.foreign_holder(node.inode, current) is not None:
+                        raise FUSEError(errno.EACCES)  # a file locked elsewhere: overwrite protection
                 await self._truncate(node, attr.st_size, fh)
             meta: dict[str, str] = {}
             if fields.update_mode:

@@ -334,6 +334,35 @@ def test_unlinked_open_file_is_not_recreated_by_its_writer(work: Path) -> None:
     assert os.listdir(work) == []
 
 
+def test_ftruncate_of_a_file_unlinked_or_renamed_over_while_open(work: Path) -> None:
+    """ftruncate through the fd of a file that is gone from the tree (unlinked, or replaced by a
+    rename over its name) changes the open file only, as on ext4; it once answered ENOENT because
+    the truncate asked the server about a resource that no longer exists (found by the long
+    random-ops test)."""
+    write(work / "a", b"old content")
+    write(work / "b", b"new")
+    sync(work)
+    fa = os.open(work / "a", os.O_RDWR)
+    fu = os.open(work / "u", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.rename(work / "b", work / "a")  # fa's file is replaced
+        os.ftruncate(fa, 3)
+        assert os.pread(fa, 100, 0) == b"old"
+        os.ftruncate(fa, 5000)
+        assert os.fstat(fa).st_size == 5000
+        os.write(fu, b"0123456789")
+        os.unlink(work / "u")
+        os.ftruncate(fu, 4)
+        assert os.pread(fu, 100, 0) == b"0123"
+    finally:
+        os.close(fa)
+        os.close(fu)
+    assert (work / "a").read_bytes() == b"new"
+    sync(work)
+    assert sorted(os.listdir(work)) == ["a"]
+    assert (work / "a").read_bytes() == b"new"
+
+
 # ---------------------------------------------------------------------------------------- mkdir/rmdir
 
 
