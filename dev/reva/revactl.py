@@ -790,8 +790,17 @@ def main(argv: list[str] | None = None) -> int:
             build(stacks[0].binary)
         elif args.cmd == "up":
             build(stacks[0].binary, quiet=True)
-            for s in stacks:
-                up(s, timeout=timeout, extra=extra)
+            started: list[Stack] = []  # of this call: stopped again if a later one fails (--ocm)
+            try:
+                for s in stacks:
+                    was_running = _read_pid(s) is not None
+                    up(s, timeout=timeout, extra=extra)
+                    if not was_running:
+                        started.append(s)
+            except BaseException:
+                for s in started:
+                    down(s)
+                raise
         elif args.cmd == "down":
             for s in stacks:
                 down(s)

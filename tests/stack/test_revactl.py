@@ -229,3 +229,29 @@ def test_up_gives_up_after_the_timeout_and_stops_what_it_started(tmp_path: Path)
     assert res.stderr.startswith("revactl: revad not ready after 1 s (PROPFIND as einstein:")
     pid = int(marker.read_text())
     assert not Path(f"/proc/{pid}").exists()  # revactl waited for (and reaped) its child before exiting
+
+
+def test_up_ocm_stops_the_first_peer_when_the_second_cannot_start() -> None:
+    """`up --ocm` starts two stacks; when the second cannot start (here: its gateway port is taken)
+    the first one is stopped again, not left running on its ports (it once blocked the next CI run)."""
+    offsets = [
+        o
+        for o in range(500, 290, -10)
+        if all(_free(p + o + 100) and _free(p + o + 200) for p in DEFAULT_PORTS)
+    ]
+    if not offsets:
+        pytest.fail("no free REVA_PORT_OFFSET between 300 and 500 for a private OCM pair")
+    env = dict(os.environ, REVA_PORT_OFFSET=str(offsets[0]))
+    env.pop("REVA_INSTANCE", None)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", DEFAULT_PORTS[0] + offsets[0] + 200))  # the second peer's gateway
+        blocker.listen()
+        try:
+            res = run(env, "up", "--ocm", timeout=300)
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert "port(s) already in use" in res.stderr
+            st = run(env, "status", "--ocm")
+            assert st.returncode == 3 and " is up " not in st.stdout, st.stdout
+        finally:
+            run(env, "down", "--ocm", timeout=60)
+            run(env, "reset", "--ocm", timeout=60)
