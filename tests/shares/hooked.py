@@ -1,7 +1,8 @@
 """Test-only stand-ins for hooks of /work/notes/shares-hooks.md that meshfs does not carry yet, each
 switching itself off once the real one exists. H0: a node handed to the kernel again from a cached
 listing is put back into the inode table (else the next OPEN answers ESTALE) — off since 9c8ae5f
-(`InodeTable.ensure`). H3a/H3b/H3c/H4 (OCM), only with SHARES_OCM_STANDIN=1: see below.
+(`InodeTable.ensure`). H3a/H3b/H3c (OCM), only with SHARES_OCM_STANDIN=1: see below. H4 (a whole-file
+GET when a Range gets a bare 416) is in the product (cs3/transfer.py) and has no stand-in any more.
 
 Loaded by the daemon through MESHFS_FILESYSTEM="hooked:HookedFilesystem" (tests/shares/share_rig.py).
 """
@@ -105,7 +106,6 @@ def _install_ocm_standins(fs: MeshFilesystem) -> None:
         _routing(fs.storage, ("stat", "list_container", "create_container", "touch_file", "move", "delete",
                               "set_metadata", "unset_metadata", "get_quota"))  # fmt: skip
         _routing(fs.transfer, ("initiate_download", "download"))
-    _no_range_fallback(fs)
     if hasattr(Tree, "received_ocm_shares"):
         return
     cache: dict[str, tuple[float, list[Any]]] = {}
@@ -148,25 +148,3 @@ def _install_ocm_standins(fs: MeshFilesystem) -> None:
     tree.received_ocm_shares = received_ocm_shares  # type: ignore[attr-defined]
     tree.drop_share_cache = drop_share_cache  # type: ignore[method-assign]
     tree._list_virtual = list_virtual  # type: ignore[method-assign]
-
-
-def _no_range_fallback(fs: MeshFilesystem) -> None:
-    """H4 stand-in: Reva's ocmreceived data path answers 416 (no Content-Range) to every Range
-    request; then GET the whole file and keep the asked slice."""
-    transfer = fs.transfer
-    original = transfer._get
-
-    def get(
-        ticket: Any, token: Any, fd: int, start: int, want: int | None, at: int, stop: Any, path: str
-    ) -> int:
-        got = original(ticket, token, fd, start, want, at, stop, path)
-        if got or not (start or want is not None):
-            return got
-        headers = {"x-access-token": token.reveal(), "X-Reva-Transfer": ticket.token.reveal()}
-        resp = transfer.pool.request("GET", ticket.url, headers=headers, redirect=False)
-        if resp.status != 200:
-            return got
-        data = resp.data[start : None if want is None else start + want]
-        return os.pwrite(fd, data, at) if data else 0
-
-    transfer._get = get  # type: ignore[method-assign]
