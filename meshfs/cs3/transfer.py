@@ -60,7 +60,6 @@ CHUNK = 1 << 20  # file -> socket copy unit (uploads)
 SENDFILE_MIN = 1 << 20  # smaller bodies go through the pool (a dedicated connection costs a connect)
 SENDFILE_SLICE = 16 << 20  # sendfile() call size; the stop flag is checked between slices
 READ_CHUNK = 256 << 10  # socket -> file copy unit (a cut connection loses at most one partial unit)
-PROGRESS_STEP = 1 << 20  # read_range's progress callback: about every this many bytes
 TUS_CHUNK = 64 << 20  # default size of one tus PATCH
 
 
@@ -201,15 +200,9 @@ class Transfer:
         length: int | None = None,
         fd_offset: int | None = None,
         path: str = "",
-        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """GET bytes [offset, offset+length) (to EOF if length is None) and pwrite them to `fd` at
         `fd_offset` (default: `offset`). Returns the number of bytes written (short at EOF).
-        progress(fd_off, n), when given, is called *in the worker thread* each time about
-        PROGRESS_STEP more bytes are written, with the fd range [fd_off, fd_off+n) they fill, so a
-        caller can use the first bytes of a long GET before it ends; bytes after the last call are
-        only covered by the return value. It must be thread-safe and quick; what it raises ends
-        the read.
         Transport failures are retried, resuming after the bytes already written. An expired or
         refused transfer token (HTTP 403) gets a new ticket once; a refused access token (401) a
         new login once."""
@@ -238,15 +231,7 @@ class Transfer:
             waits = min(self.probe_timeout, self._read_timeout) if probe else self._read_timeout
             try:
                 done += await self._attempt(
-                    ticket,
-                    token,
-                    fd,
-                    offset + done,
-                    want,
-                    base + done,
-                    path,
-                    waits if probe else None,
-                    progress,
+                    ticket, token, fd, offset + done, want, base + done, path, waits if probe else None
                 )
                 self.stalls.progressed()
                 return done
@@ -300,7 +285,6 @@ class Transfer:
         at: int,
         path: str,
         read_timeout: float | None,
-        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """One GET of [start, start+want) into `fd` at `at`, in a worker thread: bytes written.
         read_timeout: seconds to connect and without a byte before giving up (None: the pool's
@@ -308,7 +292,7 @@ class Transfer:
         Raises _Transient (with the bytes written before the failure) on transport failures."""
 
         def work(stop: threading.Event) -> int:
-            return self._get(ticket, token, fd, start, want, at, stop, path, read_timeout, progress)
+            return self._get(ticket, token, fd, start, want, at, stop, path, read_timeout)
 
         return await self._in_thread(work)
 
@@ -323,7 +307,6 @@ class Transfer:
         stop: threading.Event,
         path: str,
         read_timeout: float | None = None,
-        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         headers = _headers(token, ticket.token)
         kw: dict[str, Any] = {}
@@ -361,7 +344,6 @@ class Transfer:
                 buf = bytearray(READ_CHUNK)
                 view = memoryview(buf)
                 readinto = _body_reader(resp)
-                reported = 0  # bytes already announced to `progress`
                 while want is None or written < want:
                     if stop.is_set():
                         raise _Stopped
@@ -388,9 +370,6 @@ class Transfer:
                     while pos < len(chunk):
                         pos += os.pwrite(own, chunk[pos:], at + written + pos)
                     written += len(chunk)
-                    if progress is not None and written - reported >= PROGRESS_STEP:
-                        progress(at + reported, written - reported)
-                        reported = written
                 if want is not None and written < want and resp.status == 206:
                     # a Content-Range shorter than asked is EOF; a cut connection is not
                     total = resp.headers.get("Content-Range", "").rpartition("/")[2]

@@ -5,7 +5,6 @@ mid-transfer (a local TCP proxy) — bounded retries, then a MeshError, nothing 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -15,7 +14,7 @@ import trio
 from cs3_helpers import fd_of, open_client, sha256_file  # type: ignore[import-not-found]
 
 from meshfs.cs3 import DownloadTicket, Secret, Transfer, TusSession
-from meshfs.cs3.transfer import PROGRESS_STEP, READ_CHUNK
+from meshfs.cs3.transfer import READ_CHUNK
 from meshfs.errors import (
     AlreadyExists,
     EtagMismatch,
@@ -240,42 +239,6 @@ async def test_ranged_reads_reuse_one_connection_and_a_cut_one_is_not_reused(  #
                 await tr.read_range(via, fd)  # no Range: only the Content-Length tells the cut
     finally:
         tr.close()
-
-
-async def test_progress_reports_written_ranges_as_they_arrive(einstein, workdir, make_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """read_range's progress callback (run in the worker thread) is called about every PROGRESS_STEP
-    bytes with the fd range just filled: contiguous, in order, already holding the right bytes when
-    announced; what the callback raises ends the read."""
-    size = 5 * MiB + 123
-    src = make_file(size)
-    ref = workdir.child("progress.bin")
-    with fd_of(src) as f:
-        await einstein.transfer.upload(ref, f, size)
-    ticket = await einstein.transfer.initiate_download(ref)
-    want = src.read_bytes()
-    calls: list[tuple[int, int]] = []
-    dst = tmp_path / "progress"
-    with fd_of(dst, write=True) as fd:
-
-        def seen(at: int, n: int) -> None:
-            assert os.pread(fd, n, at) == want[at - 7 + MiB : at - 7 + MiB + n], "announced before written"
-            calls.append((at, n))
-
-        with trio.fail_after(60):
-            got = await einstein.transfer.read_range(
-                ticket, fd, offset=MiB, length=4 * MiB + 100, fd_offset=7, progress=seen
-            )
-        assert got == 4 * MiB + 100
-        assert calls and calls[0][0] == 7
-        assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(calls)), calls
-        assert all(n >= PROGRESS_STEP for _, n in calls) and len(calls) >= 3
-        assert calls[-1][0] + calls[-1][1] <= 7 + got
-
-        def refuse(at: int, n: int) -> None:
-            raise RuntimeError("stop here")
-
-        with trio.fail_after(60), pytest.raises(RuntimeError, match="stop here"):
-            await einstein.transfer.read_range(ticket, fd, offset=0, length=3 * MiB, progress=refuse)
 
 
 async def test_download_server_killed(einstein, workdir, make_file, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -100,7 +100,6 @@ def transfer(server: FakeServer, limit: float | None = LIMIT, **kw: float) -> Tr
         at: int,
         path: str,
         t: float | None,
-        progress: object = None,
     ) -> int:
         return await server.attempt(tr, want, t)
 
