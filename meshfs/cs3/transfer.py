@@ -230,9 +230,18 @@ class Transfer:
             probe = suspect or last_chance
             waits = min(self.probe_timeout, self._read_timeout) if probe else self._read_timeout
             try:
-                done += await self._attempt(
-                    ticket, token, fd, offset + done, want, base + done, path, waits if probe else None
+                get = partial(
+                    self._get,  # called as get(stop) in a worker thread
+                    ticket,
+                    token,
+                    fd,
+                    offset + done,
+                    want,
+                    base + done,
+                    path=path,
+                    read_timeout=waits if probe else None,
                 )
+                done += await self._in_thread(get)
                 self.stalls.progressed()
                 return done
             except Unauthenticated:
@@ -275,27 +284,6 @@ class Transfer:
                 await self._pause(attempt)
                 attempt += 1
 
-    async def _attempt(
-        self,
-        ticket: DownloadTicket,
-        token: Secret,
-        fd: int,
-        start: int,
-        want: int | None,
-        at: int,
-        path: str,
-        read_timeout: float | None,
-    ) -> int:
-        """One GET of [start, start+want) into `fd` at `at`, in a worker thread: bytes written.
-        read_timeout: seconds to connect and without a byte before giving up (None: the pool's
-        connect_timeout and read_timeout).
-        Raises _Transient (with the bytes written before the failure) on transport failures."""
-
-        def work(stop: threading.Event) -> int:
-            return self._get(ticket, token, fd, start, want, at, stop, path, read_timeout)
-
-        return await self._in_thread(work)
-
     def _get(
         self,
         ticket: DownloadTicket,
@@ -308,6 +296,10 @@ class Transfer:
         path: str,
         read_timeout: float | None = None,
     ) -> int:
+        """One GET of [start, start+want) into `fd` at `at` (run in a worker thread): bytes written.
+        read_timeout: seconds to connect and without a byte before giving up (None: the pool's
+        connect_timeout and read_timeout).
+        Raises _Transient (with the bytes written before the failure) on transport failures."""
         headers = _headers(token, ticket.token)
         kw: dict[str, Any] = {}
         if read_timeout is not None:

@@ -7,6 +7,8 @@ autojump clock."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -91,19 +93,13 @@ def transfer(server: FakeServer, limit: float | None = LIMIT, **kw: float) -> Tr
         **kw,  # type: ignore[arg-type]
     )
 
-    async def attempt(
-        ticket: object,
-        token: object,
-        fd: int,
-        start: int,
-        want: int | None,
-        at: int,
-        path: str,
-        t: float | None,
-    ) -> int:
-        return await server.attempt(tr, want, t)
+    async def in_thread(get: functools.partial[int]) -> int:
+        # read_range's one HTTP attempt: a partial of Transfer._get, run as get(stop) in a thread
+        assert get.func == tr._get
+        args = inspect.signature(tr._get).bind_partial(*get.args, **get.keywords).arguments
+        return await server.attempt(tr, args["want"], args.get("read_timeout"))
 
-    tr._attempt = attempt  # type: ignore[method-assign,assignment]
+    tr._in_thread = in_thread  # type: ignore[method-assign,assignment]
     return tr
 
 
