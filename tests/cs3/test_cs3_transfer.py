@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import trio
-from cs3_helpers import fd_of, open_client, sha256_file  # type: ignore[import-not-found]
+from cs3_helpers import CuttingProxy, fd_of, open_client, sha256_file  # type: ignore[import-not-found]
 
 from meshfs.cs3 import DownloadTicket, Secret, Transfer, TusSession
 from meshfs.cs3.transfer import READ_CHUNK
@@ -33,6 +35,32 @@ MiB = 1 << 20
 def _via(url: str, port: int) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedDownload:
+    src: Path  # the local original
+    ticket: DownloadTicket  # straight to the data server
+    proxy: CuttingProxy  # in front of the data server
+    via: DownloadTicket  # the same ticket, through the proxy
+
+
+@pytest.fixture
+def proxied_download(einstein, workdir, make_file, proxy_factory):  # type: ignore[no-untyped-def]
+    """proxied_download(name, size, **CuttingProxy options): uploads `size` random bytes to `name` in
+    the workdir and gives a download ticket for it straight and through a proxy started with `options`."""
+
+    async def make(name: str, size: int, **options: Any) -> ProxiedDownload:
+        src = make_file(size)
+        ref = workdir.child(name)
+        with fd_of(src) as f:
+            await einstein.transfer.upload(ref, f, size)
+        ticket = await einstein.transfer.initiate_download(ref)
+        proxy = await proxy_factory(urlsplit(ticket.url).port, **options)
+        via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+        return ProxiedDownload(src, ticket, proxy, via)
+
+    return make
 
 
 async def _roundtrip(client, workdir, make_file, tmp_path: Path, size: int) -> None:  # type: ignore[no-untyped-def]
@@ -188,15 +216,10 @@ async def test_tus_survives_cut_connections(einstein, workdir, make_file, proxy_
     assert sha256_file(dst) == sha256_file(src)
 
 
-async def test_download_resumes_after_cuts(einstein, workdir, make_file, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_download_resumes_after_cuts(einstein, proxied_download, tmp_path) -> None:  # type: ignore[no-untyped-def]
     size = 4 * MiB + 1
-    src = make_file(size)
-    ref = workdir.child("cut.bin")
-    with fd_of(src) as f:
-        await einstein.transfer.upload(ref, f, size)
-    ticket = await einstein.transfer.initiate_download(ref)
-    proxy = await proxy_factory(urlsplit(ticket.url).port, cut_after=MiB + 64 * 1024)
-    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    d = await proxied_download("cut.bin", size, cut_after=MiB + 64 * 1024)
+    src, proxy, via = d.src, d.proxy, d.via
     tr = Transfer(einstein.gw, backoff=0.01, backoff_max=0.05, retries=2)
     dst = tmp_path / "cut"
     fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -211,19 +234,13 @@ async def test_download_resumes_after_cuts(einstein, workdir, make_file, proxy_f
 
 
 async def test_ranged_reads_reuse_one_connection_and_a_cut_one_is_not_reused(  # type: ignore[no-untyped-def]
-    einstein, workdir, make_file, proxy_factory, tmp_path
+    einstein, proxied_download, tmp_path
 ) -> None:
     """Bodies are received by http.client straight into our buffer (transfer._body_reader): a body read
     to its end must still give the connection back to the pool (three ranged reads, one connection),
     and a body cut before its Content-Length is an error, never a short success."""
-    size = 3 * MiB
-    src = make_file(size)
-    ref = workdir.child("reuse.bin")
-    with fd_of(src) as f:
-        await einstein.transfer.upload(ref, f, size)
-    ticket = await einstein.transfer.initiate_download(ref)
-    proxy = await proxy_factory(urlsplit(ticket.url).port)
-    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    d = await proxied_download("reuse.bin", 3 * MiB)
+    src, proxy, via = d.src, d.proxy, d.via
     tr = Transfer(einstein.gw, retries=0)
     dst = tmp_path / "reuse"
     try:
@@ -241,15 +258,9 @@ async def test_ranged_reads_reuse_one_connection_and_a_cut_one_is_not_reused(  #
         tr.close()
 
 
-async def test_download_server_killed(einstein, workdir, make_file, proxy_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    size = 3 * MiB
-    src = make_file(size)
-    ref = workdir.child("killed.bin")
-    with fd_of(src) as f:
-        await einstein.transfer.upload(ref, f, size)
-    ticket = await einstein.transfer.initiate_download(ref)
-    proxy = await proxy_factory(urlsplit(ticket.url).port, cut_after=MiB, die_on_cut=True)
-    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+async def test_download_server_killed(einstein, proxied_download, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = await proxied_download("killed.bin", 3 * MiB, cut_after=MiB, die_on_cut=True)
+    ticket, via = d.ticket, d.via
     tr = Transfer(einstein.gw, backoff=0.01, backoff_max=0.05, retries=3)
     fd = os.open(tmp_path / "k", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -300,17 +311,9 @@ async def test_hung_data_server_times_out(einstein, workdir, proxy_factory, tmp_
     assert proxy.connections == 2  # one try + one retry, then a clear error
 
 
-async def test_cancelled_download_stops_its_thread(
-    einstein, workdir, make_file, proxy_factory, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+async def test_cancelled_download_stops_its_thread(einstein, proxied_download, tmp_path) -> None:  # type: ignore[no-untyped-def]
     size = 8 * MiB
-    src = make_file(size)
-    ref = workdir.child("slow.bin")
-    with fd_of(src) as fd:
-        await einstein.transfer.upload(ref, fd, size)
-    ticket = await einstein.transfer.initiate_download(ref)
-    proxy = await proxy_factory(urlsplit(ticket.url).port, delay=0.02)  # ~3 MB/s
-    via = DownloadTicket(_via(ticket.url, proxy.port), ticket.token, ticket.expires_at)
+    via = (await proxied_download("slow.bin", size, delay=0.02)).via  # ~3 MB/s
     tr = Transfer(einstein.gw)
     dst = tmp_path / "slow"
     try:
