@@ -1,6 +1,7 @@
 """Fixtures for the mount integration tests: real `meshfs mount` of the dev Reva through the kernel.
 
-Owns the fixtures `mount_factory` (per test), `mount` (one einstein mount shared by the session: each
+Owns the fixtures `mount_factory` (per test), `proxied_mount` (a mount whose gateway is reached through
+the fault proxy of tests/faultproxy.py), `mount` (one einstein mount shared by the session: each
 test works in its own fresh directory; replaced loudly when its daemon died), `work` (that directory)
 and `webdav`. Mounting and the guaranteed clean-up (bounded `meshfs umount`, then a lazy unmount and a
 kill of the daemon) are tests/rig.py's `Mounter`.
@@ -9,16 +10,21 @@ Imports nothing from meshfs: the product is driven only through its CLI and the 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rig import Mount, Mounter, WebDav, mounted
+import trio
+from faultproxy import FaultProxy
+from rig import Mount, Mounter, WebDav, mounted, run_meshfs
 
 UMOUNT_TIMEOUT = 60.0
 
@@ -54,6 +60,48 @@ def mount_factory(reva: Any, tmp_path: Path) -> Iterator[Callable[..., Path]]:
         yield mount
     finally:
         _umount_all(m)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedMount:
+    path: Path  # the mountpoint
+    proxy: FaultProxy  # between the mount and the gateway (gRPC only: uploads go to the data gateway)
+
+
+ProxiedMounter = Callable[..., AbstractAsyncContextManager[ProxiedMount]]  # the proxied_mount fixture
+
+
+@pytest.fixture
+async def proxied_mount(
+    reva: Any, mount_factory: Callable[..., Path], nursery: trio.Nursery
+) -> ProxiedMounter:
+    """`async with proxied_mount(*options) as pm:` an einstein mount (mount_factory's options) whose
+    gateway is a FaultProxy served in the test's nursery. On leaving, the proxy goes back to plain
+    forwarding and the mount is unmounted (`meshfs umount`, bounded) while the proxy still serves:
+    mount_factory's own clean-up runs only after the test's trio loop, and so the proxy, have ended."""
+    host, port = reva.gateway.rsplit(":", 1)
+
+    @contextlib.asynccontextmanager
+    async def proxied(*options: str) -> AsyncIterator[ProxiedMount]:
+        proxy = FaultProxy(int(port), host)
+        proxy_port = await nursery.start(proxy.serve)
+        gateway = f"127.0.0.1:{proxy_port}"
+        with trio.fail_after(180):  # a blocking mount, off the loop that runs the proxy
+            mp: Path = await trio.to_thread.run_sync(
+                lambda: mount_factory("einstein", *options, gateway=gateway), abandon_on_cancel=True
+            )
+        try:
+            yield ProxiedMount(mp, proxy)
+        finally:
+            proxy.clear()
+            # shielded: a test cancelled by its own deadline still unmounts while the proxy serves
+            with trio.CancelScope(deadline=trio.current_time() + UMOUNT_TIMEOUT + 60, shield=True):
+                await trio.to_thread.run_sync(
+                    lambda: run_meshfs("umount", os.fspath(mp), "--timeout", "60", timeout=90),
+                    abandon_on_cancel=True,
+                )
+
+    return proxied
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from faultproxy import FaultProxy
+from conftest import ProxiedMounter
 from mounthelp import WebDav, run_meshfs
 from rig import free_port
 
@@ -33,7 +33,6 @@ OUTAGE_OPTIONS = (
     "transfer_timeout=5s",
     "dir_poll_interval=0",
 )
-
 
 
 def one_error_line(stderr: str) -> str:
@@ -112,43 +111,35 @@ async def wait_listdir_ok(path: Path, timeout: float) -> list[str]:
 @pytest.mark.parametrize("outage", ["blackhole", "reset"])
 async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recovers(
     outage: str,
-    reva: Any,
-    mount_factory: Callable[..., Path],
+    proxied_mount: ProxiedMounter,
     webdav: WebDav,
-    nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    host, port = reva.gateway.rsplit(":", 1)
-    proxy = FaultProxy(int(port), host)
-    proxy_port = await nursery.start(proxy.serve)
-    mnt: Path = await in_thread(
-        lambda: mount_factory("einstein", *OUTAGE_OPTIONS, gateway=f"127.0.0.1:{proxy_port}")
-    )
     name = f"mt-outage-{outage}-{tmp_path.name[-12:]}-{os.getpid()}"
-    await in_thread(webdav.mkcol, name)
-    await in_thread(webdav.put, f"{name}/f", b"x")
     try:
-        proxy.set(outage)  # type: ignore[arg-type]
-        # never listed by the mount: the listing needs the server
-        code, elapsed = await timed_errno(os.listdir, mnt / "home" / name)
-        assert code == errno.EIO, (
-            f"expected EIO, got {errno.errorcode.get(code or 0, code)} after {elapsed:.1f} s"
-        )
-        # the daemon itself stays responsive
-        status = await in_thread(run_meshfs, "status", os.fspath(mnt), "--json", limit=30)
-        assert status.returncode == 0, status.stderr
-        proxy.set("forward")
-        assert await wait_listdir_ok(mnt / "home" / name, 30) == ["f"]
-        assert await in_thread((mnt / "home" / name / "f").read_bytes) == b"x"
-        # new work after the outage
-        await in_thread((mnt / "home" / name / "g").write_bytes, b"after")
-        await in_thread(run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "60", limit=90)
-        assert await in_thread(webdav.get, f"{name}/g") == b"after"
-        # checked last so that a slow EIO does not hide whether the mount survives and recovers
-        assert elapsed <= EIO_BOUND, f"EIO only after {elapsed:.1f} s (bound {EIO_BOUND:g} s)"
+        async with proxied_mount(*OUTAGE_OPTIONS) as pm:
+            mnt, proxy = pm.path, pm.proxy
+            await in_thread(webdav.mkcol, name)
+            await in_thread(webdav.put, f"{name}/f", b"x")
+            proxy.set(outage)  # type: ignore[arg-type]
+            # never listed by the mount: the listing needs the server
+            code, elapsed = await timed_errno(os.listdir, mnt / "home" / name)
+            assert code == errno.EIO, (
+                f"expected EIO, got {errno.errorcode.get(code or 0, code)} after {elapsed:.1f} s"
+            )
+            # the daemon itself stays responsive
+            status = await in_thread(run_meshfs, "status", os.fspath(mnt), "--json", limit=30)
+            assert status.returncode == 0, status.stderr
+            proxy.set("forward")
+            assert await wait_listdir_ok(mnt / "home" / name, 30) == ["f"]
+            assert await in_thread((mnt / "home" / name / "f").read_bytes) == b"x"
+            # new work after the outage
+            await in_thread((mnt / "home" / name / "g").write_bytes, b"after")
+            await in_thread(run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "60", limit=90)
+            assert await in_thread(webdav.get, f"{name}/g") == b"after"
+            # checked last so that a slow EIO does not hide whether the mount survives and recovers
+            assert elapsed <= EIO_BOUND, f"EIO only after {elapsed:.1f} s (bound {EIO_BOUND:g} s)"
     finally:
-        proxy.set("forward")
-        await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
         try:
             await in_thread(webdav.delete, name)
         except Exception:  # best effort cleanup of the server side
@@ -156,39 +147,31 @@ async def test_ls_on_a_dead_gateway_is_eio_in_bounded_time_and_the_mount_recover
 
 
 async def test_writes_during_an_outage_are_uploaded_when_the_server_is_back(
-    reva: Any, mount_factory: Callable[..., Path], webdav: WebDav, nursery: trio.Nursery, tmp_path: Path
+    proxied_mount: ProxiedMounter, webdav: WebDav, tmp_path: Path
 ) -> None:
     """Nothing is lost: data written and closed while the gateway is unreachable reaches it afterwards."""
-    host, port = reva.gateway.rsplit(":", 1)
-    proxy = FaultProxy(int(port), host)
-    proxy_port = await nursery.start(proxy.serve)
-    mnt: Path = await in_thread(
-        lambda: mount_factory(
-            "einstein", *OUTAGE_OPTIONS, "upload_delay=0", gateway=f"127.0.0.1:{proxy_port}"
-        )
-    )
     name = f"mt-outage-write-{tmp_path.name[-12:]}-{os.getpid()}"
-    await in_thread(webdav.mkcol, name)
-    await in_thread(webdav.put, f"{name}/f", b"before the outage")
-    f = mnt / "home" / name / "f"
     try:
-        assert await in_thread(f.read_bytes) == b"before the outage"
-        fd = await in_thread(os.open, f, os.O_RDWR)
-        proxy.set("reset")
-        try:
-            await in_thread(os.pwrite, fd, b"DURING", 0)
-        finally:
-            await in_thread(os.close, fd)
-        assert await in_thread(f.read_bytes) == b"DURING the outage"
-        proxy.set("forward")
-        done = await in_thread(
-            run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "90", limit=120
-        )
-        assert done.returncode == 0, done.stderr
-        assert await in_thread(webdav.get, f"{name}/f") == b"DURING the outage"
+        async with proxied_mount(*OUTAGE_OPTIONS, "upload_delay=0") as pm:
+            mnt, proxy = pm.path, pm.proxy
+            await in_thread(webdav.mkcol, name)
+            await in_thread(webdav.put, f"{name}/f", b"before the outage")
+            f = mnt / "home" / name / "f"
+            assert await in_thread(f.read_bytes) == b"before the outage"
+            fd = await in_thread(os.open, f, os.O_RDWR)
+            proxy.set("reset")
+            try:
+                await in_thread(os.pwrite, fd, b"DURING", 0)
+            finally:
+                await in_thread(os.close, fd)
+            assert await in_thread(f.read_bytes) == b"DURING the outage"
+            proxy.set("forward")
+            done = await in_thread(
+                run_meshfs, "sync", os.fspath(mnt / "home" / name), "--timeout", "90", limit=120
+            )
+            assert done.returncode == 0, done.stderr
+            assert await in_thread(webdav.get, f"{name}/f") == b"DURING the outage"
     finally:
-        proxy.set("forward")
-        await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
         try:
             await in_thread(webdav.delete, name)
         except Exception:  # best effort cleanup of the server side

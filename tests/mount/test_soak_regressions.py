@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import trio
-from faultproxy import FaultProxy
+from conftest import ProxiedMounter
 from mounthelp import WebDav, run_meshfs
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
@@ -48,67 +48,60 @@ def server_etag(webdav: WebDav, rel: str) -> str:
 
 
 async def test_a_listing_answered_before_an_upload_landed_does_not_undo_it(
-    reva: Any, mount_factory: Callable[..., Path], webdav: WebDav, nursery: trio.Nursery, tmp_path: Path
+    proxied_mount: ProxiedMounter, webdav: WebDav, tmp_path: Path
 ) -> None:
-    host, port = reva.gateway.rsplit(":", 1)
-    proxy = FaultProxy(int(port), host)
-    proxy_port = await nursery.start(proxy.serve)
-    mnt: Path = await in_thread(
-        lambda: mount_factory(
-            "einstein",
+    name = f"soakreg-stale-{tmp_path.name[-12:]}-{os.getpid()}"
+    try:
+        async with proxied_mount(
             "dir_poll_interval=0",
             "upload_delay=1h",
             "attr_ttl=30s",  # the kernel keeps the directory's attributes: no GETATTR before the listing
-            gateway=f"127.0.0.1:{proxy_port}",
-        )
-    )
-    name = f"soakreg-stale-{tmp_path.name[-12:]}-{os.getpid()}"
-    d = mnt / "home" / name
-    try:
-        await in_thread(d.mkdir)
-        await in_thread((d / "f").write_bytes, b"")  # on the server at once (an empty create)
-        await in_thread((d / "g").write_bytes, b"g0")
-        done = await in_thread(run_meshfs, "sync", os.fspath(d), "--timeout", "60")
-        assert done.returncode == 0, done.stderr
-        assert sorted(await in_thread(os.listdir, d)) == ["f", "g"]  # the directory's etag is known
-        data = b"x" * 70000
-        await in_thread((d / "f").write_bytes, data)  # dirty, not uploaded (upload_delay=1h)
-        await in_thread((d / "g").write_bytes, b"g1")
-        done = await in_thread(run_meshfs, "sync", os.fspath(d / "g"), "--timeout", "60")
-        assert done.returncode == 0, done.stderr  # g's upload drops the cached listing of d
-        dfd = await in_thread(os.open, d, os.O_RDONLY | os.O_DIRECTORY)  # no path walk later
-        ffd = await in_thread(os.open, d / "f", os.O_RDONLY)
-        try:
-            proxy.set(latency=LATENCY)
-            # f's upload: InitiateFileUpload reaches the server after LATENCY, its answer comes back after
-            # 2 * LATENCY, then the PUT (direct) lands and the daemon records it
-            t0 = time.monotonic()
-            uploading = threading.Thread(target=os.fsync, args=(ffd,))
-            uploading.start()
-            await trio.sleep(LATENCY / 2)
-            # a listing asked meanwhile is answered by the server before the PUT (at 1.5 * LATENCY) and
-            # reaches the daemon after the upload was recorded (at 2.5 * LATENCY)
-            names = await in_thread(os.listdir, dfd)
-            listed = time.monotonic() - t0
-            await in_thread(uploading.join, 60)
-            assert not uploading.is_alive()
-        finally:
-            proxy.set(latency=0.0)
-            os.close(ffd)
-            os.close(dfd)
-        # the kernel's view of f right after that listing (READDIRPLUS gave it f's attributes: the
-        # kernel uses them within the jiffy they arrived in even with a zero timeout)
-        size = os.stat(d / "f").st_size
-        assert sorted(names) == ["f", "g"]
-        assert listed > 2 * LATENCY, f"the listing came back after {listed:.1f} s: the timing did not hold"
-        # the daemon's view of f is the uploaded one, not the listing's older answer
-        etag = await in_thread(server_etag, webdav, f"{name}/f")
-        mine = (await in_thread(os.getxattr, d / "f", "user.meshfs.etag")).decode()
-        assert (mine, size) == (etag, len(data)), "a stale listing answer replaced the uploaded state"
-        assert await in_thread((d / "f").read_bytes) == data
+        ) as pm:
+            d = pm.path / "home" / name
+            await in_thread(d.mkdir)
+            await in_thread((d / "f").write_bytes, b"")  # on the server at once (an empty create)
+            await in_thread((d / "g").write_bytes, b"g0")
+            done = await in_thread(run_meshfs, "sync", os.fspath(d), "--timeout", "60")
+            assert done.returncode == 0, done.stderr
+            assert sorted(await in_thread(os.listdir, d)) == ["f", "g"]  # the directory's etag is known
+            data = b"x" * 70000
+            await in_thread((d / "f").write_bytes, data)  # dirty, not uploaded (upload_delay=1h)
+            await in_thread((d / "g").write_bytes, b"g1")
+            done = await in_thread(run_meshfs, "sync", os.fspath(d / "g"), "--timeout", "60")
+            assert done.returncode == 0, done.stderr  # g's upload drops the cached listing of d
+            dfd = await in_thread(os.open, d, os.O_RDONLY | os.O_DIRECTORY)  # no path walk later
+            ffd = await in_thread(os.open, d / "f", os.O_RDONLY)
+            try:
+                pm.proxy.set(latency=LATENCY)
+                # f's upload: InitiateFileUpload reaches the server after LATENCY, its answer comes back after
+                # 2 * LATENCY, then the PUT (direct) lands and the daemon records it
+                t0 = time.monotonic()
+                uploading = threading.Thread(target=os.fsync, args=(ffd,))
+                uploading.start()
+                await trio.sleep(LATENCY / 2)
+                # a listing asked meanwhile is answered by the server before the PUT (at 1.5 * LATENCY) and
+                # reaches the daemon after the upload was recorded (at 2.5 * LATENCY)
+                names = await in_thread(os.listdir, dfd)
+                listed = time.monotonic() - t0
+                await in_thread(uploading.join, 60)
+                assert not uploading.is_alive()
+            finally:
+                pm.proxy.set(latency=0.0)
+                os.close(ffd)
+                os.close(dfd)
+            # the kernel's view of f right after that listing (READDIRPLUS gave it f's attributes: the
+            # kernel uses them within the jiffy they arrived in even with a zero timeout)
+            size = os.stat(d / "f").st_size
+            assert sorted(names) == ["f", "g"]
+            assert listed > 2 * LATENCY, (
+                f"the listing came back after {listed:.1f} s: the timing did not hold"
+            )
+            # the daemon's view of f is the uploaded one, not the listing's older answer
+            etag = await in_thread(server_etag, webdav, f"{name}/f")
+            mine = (await in_thread(os.getxattr, d / "f", "user.meshfs.etag")).decode()
+            assert (mine, size) == (etag, len(data)), "a stale listing answer replaced the uploaded state"
+            assert await in_thread((d / "f").read_bytes) == data
     finally:
-        proxy.set(latency=0.0)
-        await in_thread(lambda: run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90))
         try:
             await in_thread(webdav.delete, name)
         except Exception:  # best effort cleanup of the server side
