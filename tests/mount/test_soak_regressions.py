@@ -12,13 +12,15 @@ uploads' PUTs go straight to the data gateway.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
 import time
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +118,37 @@ def drop_kernel_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("2\n")
 
 
+@contextlib.contextmanager
+def listed_dir(
+    mount_factory: Callable[..., Path], webdav: WebDav, tag: str, files: dict[str, bytes]
+) -> Iterator[Path]:
+    """A fresh mount (no directory polling, no upload before `meshfs sync`) with a new directory
+    home/<tag>-... holding `files` and a non-empty subdirectory s/ (so `rmdir s` fails without
+    changing the server), all uploaded and listed once: the daemon keeps that listing and a node for
+    each file. Yields the directory; unmounts, then deletes it on the server (best effort)."""
+    mnt = mount_factory("einstein", "dir_poll_interval=0", "upload_delay=1h")
+    name = f"{tag}-{uuid.uuid4().hex[:12]}-{os.getpid()}"
+    d = mnt / "home" / name
+    try:
+        d.mkdir()
+        for file, data in files.items():
+            (d / file).write_bytes(data)
+        (d / "s").mkdir()
+        (d / "s" / "x").write_bytes(b"x")
+        done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert sorted(os.listdir(d)) == sorted([*files, "s"])  # the listing the daemon keeps (old nodes)
+        yield d
+    finally:
+        run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90)
+        try:
+            webdav.delete(name)
+        except Exception:  # best effort cleanup of the server side
+            pass
+
+
 def test_a_forgotten_node_in_a_cached_listing_does_not_replace_the_live_one(
-    mount_factory: Callable[..., Path], webdav: WebDav, tmp_path: Path
+    mount_factory: Callable[..., Path], webdav: WebDav
 ) -> None:
     """2. After the kernel forgot a file, the daemon made a new node for its inode (a lookup asked the
     server) while the directory's cached listing still held the old one. Serving that listing later put
@@ -125,17 +156,7 @@ def test_a_forgotten_node_in_a_cached_listing_does_not_replace_the_live_one(
     local size and mtime: the kernel was then told the server's older mtime of a file being written,
     and a rename or unlink acted on a node without the open handle (its upload-rename would move the
     data under the writer)."""
-    mnt = mount_factory("einstein", "dir_poll_interval=0", "upload_delay=1h")
-    name = f"soakreg-forget-{tmp_path.name[-12:]}-{os.getpid()}"
-    d = mnt / "home" / name
-    try:
-        d.mkdir()
-        (d / "f").write_bytes(b"1")
-        (d / "s").mkdir()
-        (d / "s" / "x").write_bytes(b"x")
-        done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
-        assert done.returncode == 0, done.stderr
-        assert sorted(os.listdir(d)) == ["f", "s"]  # the listing the daemon keeps (old node of f)
+    with listed_dir(mount_factory, webdav, "soakreg-forget", {"f": b"1"}) as d:
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # d itself stays known (its etag record too)
         drop_kernel_caches()  # the kernel forgets f's inode: the daemon drops its node
         time.sleep(1.5)  # past the 1 s TTLs: the listing is served only after an etag check from now on
@@ -160,12 +181,6 @@ def test_a_forgotten_node_in_a_cached_listing_does_not_replace_the_live_one(
             os.close(fd)
             os.close(dfd)
         assert (d / "f").read_bytes() == b"x" * 100
-    finally:
-        run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90)
-        try:
-            webdav.delete(name)
-        except Exception:  # best effort cleanup of the server side
-            pass
 
 
 def _force_stat(d: Path) -> None:
@@ -177,7 +192,7 @@ def _force_stat(d: Path) -> None:
 
 
 def test_a_rename_over_after_the_kernel_forgot_the_source_keeps_the_file_reachable(
-    mount_factory: Callable[..., Path], webdav: WebDav, tmp_path: Path
+    mount_factory: Callable[..., Path], webdav: WebDav
 ) -> None:
     """3. The soak's `write f18: FileNotFoundError`, then ENOENT on that name for ~230 s. The kernel had
     forgotten the source of a rename over an existing file (memory pressure); the daemon had made a new
@@ -185,18 +200,8 @@ def test_a_rename_over_after_the_kernel_forgot_the_source_keeps_the_file_reachab
     node from the listing and gave it the target's resource id (rename over = upload to the target +
     delete of the source), leaving the live node with the deleted source's id: every open of the new
     name asked the server for that id (ENOENT) until the kernel forgot the inode again."""
-    mnt = mount_factory("einstein", "dir_poll_interval=0", "upload_delay=1h")
-    name = f"soakreg-renover-{tmp_path.name[-12:]}-{os.getpid()}"
-    d = mnt / "home" / name
-    try:
-        d.mkdir()
-        (d / "a").write_bytes(b"content of a")
-        (d / "b").write_bytes(b"content of b")
-        (d / "s").mkdir()
-        (d / "s" / "x").write_bytes(b"x")
-        done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
-        assert done.returncode == 0, done.stderr
-        assert sorted(os.listdir(d)) == ["a", "b", "s"]  # the listing the daemon keeps (old nodes)
+    files = {"a": b"content of a", "b": b"content of b"}
+    with listed_dir(mount_factory, webdav, "soakreg-renover", files) as d:
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # d stays known; paths relative to it below
         try:
             drop_kernel_caches()  # the kernel forgets a and b: the daemon drops their nodes
@@ -218,10 +223,4 @@ def test_a_rename_over_after_the_kernel_forgot_the_source_keeps_the_file_reachab
         assert (d / "b").read_bytes() == b"rewritten"
         done = run_meshfs("sync", os.fspath(d), "--timeout", "60")
         assert done.returncode == 0, done.stderr
-        assert webdav.get(f"{name}/b") == b"rewritten"
-    finally:
-        run_meshfs("umount", os.fspath(mnt), "--timeout", "60", timeout=90)
-        try:
-            webdav.delete(name)
-        except Exception:  # best effort cleanup of the server side
-            pass
+        assert webdav.get(f"{d.name}/b") == b"rewritten"
