@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import random
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,13 +22,13 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import Mounted, serve
+from filecheck import write_pattern
 from memfs import MemFS
 
 import meshfs.fuse.session as session_mod
 from meshfs.fuse import FUSEError, MountOptions, WritePayload
 from meshfs.fuse.operations import _read_exactly
 
-KiB = 1 << 10
 MiB = 1 << 20
 PAGE = 4096
 
@@ -120,48 +119,12 @@ def _mount(tmp_path: Path, fs: FileFS, **kw: object) -> AbstractContextManager[M
     return serve(mp, fs, opts)
 
 
-def _dd(src: Path, dst: Path, bs: int, count: int, skip: int, seek: int, extra: tuple[str, ...] = ()) -> None:
-    subprocess.run(
-        ["dd", f"if={src}", f"of={dst}", f"bs={bs}", f"count={count}", f"skip={skip}", f"seek={seek}",
-         "conv=notrunc", "status=none", *extra],
-        check=True, timeout=120,
-    )  # fmt: skip
-
-
 def _write_pattern(m: Mounted, tmp_path: Path, seed: int) -> tuple[bytes, bytes]:
-    """dd in several block sizes at random block offsets, then unaligned pwrites of random sizes
-    at random offsets; returns (what the file should hold, what it holds)."""
-    rng = random.Random(seed)
-    size = 6 * MiB
-    src = tmp_path / "src.bin"
-    src.write_bytes(rng.randbytes(size))
-    source = src.read_bytes()
-    model = bytearray()
+    """filecheck's pattern (dd at random block offsets, unaligned pwrites) into f.bin of the mount;
+    returns (what the file should hold, what it holds)."""
     target = m.path / "f.bin"
-    target.touch()
-
-    def put(off: int, data: bytes) -> None:
-        if off > len(model):
-            model.extend(bytes(off - len(model)))
-        model[off : off + len(data)] = data
-
-    for bs in (4 * KiB, 64 * KiB, 128 * KiB + 4 * KiB, MiB):
-        count = max(1, min(size // bs, rng.randint(1, 4)))
-        skip = rng.randrange(0, size // bs - count + 1)
-        seek = rng.randrange(0, (8 * MiB) // bs)
-        _dd(src, target, bs, count, skip, seek)
-        put(seek * bs, source[skip * bs : (skip + count) * bs])
-    fd = os.open(target, os.O_WRONLY)
-    try:
-        for _ in range(12):
-            n = rng.choice((1, 100, PAGE - 1, PAGE + 1, 3 * PAGE + 7, 200 * KiB + 3, MiB - 1, MiB))
-            off = rng.randrange(0, 9 * MiB)
-            data = rng.randbytes(n)
-            assert os.pwrite(fd, data, off) == n
-            put(off, data)
-    finally:
-        os.close(fd)
-    return bytes(model), target.read_bytes()
+    want = write_pattern(target, tmp_path, seed)
+    return want, target.read_bytes()
 
 
 # ------------------------------------------------------------------ WritePayload without FUSE

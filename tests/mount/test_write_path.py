@@ -17,56 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filecheck import write_pattern
 from mounthelp import WebDav, sha256, sha256_file, sync
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
-KiB = 1024
-MiB = 1024 * KiB
-PAGE = 4096
-
-
-def _dd(src: Path, dst: Path, bs: int, count: int, skip: int, seek: int) -> None:
-    subprocess.run(
-        ["dd", f"if={src}", f"of={dst}", f"bs={bs}", f"count={count}", f"skip={skip}", f"seek={seek}",
-         "conv=notrunc", "status=none"],
-        check=True, timeout=120,
-    )  # fmt: skip
-
-
-def _pattern(target: Path, scratch: Path, seed: int) -> bytes:
-    """dd at random block offsets in 4 block sizes (one of them not a multiple of the page size),
-    then unaligned pwrites of random sizes; returns what `target` must hold."""
-    rng = random.Random(seed)
-    size = 6 * MiB
-    src = scratch / f"src-{seed}.bin"
-    src.write_bytes(rng.randbytes(size))
-    source = src.read_bytes()
-    model = bytearray()
-
-    def put(off: int, data: bytes) -> None:
-        if off > len(model):
-            model.extend(bytes(off - len(model)))
-        model[off : off + len(data)] = data
-
-    target.touch()
-    for bs in (4 * KiB, 64 * KiB, 128 * KiB + 4 * KiB + 1, MiB):
-        count = rng.randint(1, 3)
-        skip = rng.randrange(0, size // bs - count + 1)
-        seek = rng.randrange(0, (8 * MiB) // bs)
-        _dd(src, target, bs, count, skip, seek)
-        put(seek * bs, source[skip * bs : (skip + count) * bs])
-    fd = os.open(target, os.O_WRONLY)
-    try:
-        for _ in range(10):
-            n = rng.choice((1, PAGE - 1, PAGE + 1, 3 * PAGE + 7, 200 * KiB + 3, MiB - 1, MiB + 5))
-            off = rng.randrange(0, 9 * MiB)
-            data = rng.randbytes(n)
-            assert os.pwrite(fd, data, off) == n
-            put(off, data)
-    finally:
-        os.close(fd)
-    return bytes(model)
+MiB = 1 << 20
 
 
 def _check_everywhere(
@@ -84,7 +40,7 @@ def test_dd_block_sizes_and_random_offsets_read_back_identical(
     work: Path, mount_factory: Callable[..., Path], webdav: WebDav, tmp_path: Path
 ) -> None:
     f = work / "pattern.bin"
-    want = _pattern(f, tmp_path, seed=1)
+    want = write_pattern(f, tmp_path, seed=1)
     _check_everywhere(f, want, work, mount_factory, webdav)
 
 
@@ -125,7 +81,7 @@ def test_with_the_kernel_writeback_cache(
     work.mkdir()
     try:
         f = work / "pattern.bin"
-        want = _pattern(f, tmp_path, seed=4)
+        want = write_pattern(f, tmp_path, seed=4)
         _check_everywhere(f, want, work, mount_factory, webdav)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False, timeout=60)
