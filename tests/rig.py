@@ -46,16 +46,28 @@ T = TypeVar("T")
 
 
 def wait_for(
-    cond: Callable[[], T], timeout: float = 20.0, what: str = "condition", interval: float = 0.1
+    cond: Callable[[], T],
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.1,
+    *,
+    retry_on: tuple[type[Exception], ...] = (),
 ) -> T:
     """Poll `cond` until it returns something truthy and return that; AssertionError naming `what` (and
-    the last value) after `timeout` s. Polls fast at first, then every `interval` s at most."""
+    the last value) after `timeout` s. Polls fast at first, then every `interval` s at most. Exceptions
+    of the `retry_on` types count as "not yet" (e.g. EIO while a mount recovers); the last is reported."""
     deadline = time.monotonic() + timeout
     delay = min(0.005, interval)
+    last: object = None
     while True:
-        last = cond()
-        if last:
-            return last
+        try:
+            value = cond()
+        except retry_on as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
         time.sleep(delay)
@@ -495,6 +507,9 @@ class WebDav:
 
 # ---- private Reva stacks -----------------------------------------------------------------------------
 
+#: revactl's default gateway and HTTP (ocdav + /data) ports; an instance adds its REVA_PORT_OFFSET
+GATEWAY_PORT, HTTP_PORT = 19000, 19001
+
 
 def parse_env(text: str) -> dict[str, str]:
     """KEY=value lines (values shell-quoted, as `revactl env` prints them) → dict."""
@@ -555,6 +570,16 @@ class PrivateStack:
 
     def down(self) -> None:
         self.revactl("down", timeout=60)
+
+    @property
+    def gateway_port(self) -> int:
+        """The gateway's port, known before the stack is up (to put a proxy in front of it)."""
+        return GATEWAY_PORT + self.offset
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP port (ocdav and the data gateway), known before the stack is up."""
+        return HTTP_PORT + self.offset
 
     @property
     def gateway(self) -> str:

@@ -1,5 +1,6 @@
 """Helpers of tests/hostile/ (module name kept unique: suites import helpers by plain name): the server's
-view of einstein's files over WebDAV (no meshfs involved), the daemon's RSS, bounded waits.
+view of einstein's files over WebDAV (no meshfs involved), the daemon's RSS, calls bounded in time
+(waits for a condition and private Reva stacks are tests/rig.py's `wait_for` and `PrivateStack`).
 
 Test plumbing only; imports nothing from meshfs.
 """
@@ -8,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shlex
-import subprocess
 import threading
 import time
 import urllib.error
@@ -18,7 +16,6 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,70 +88,6 @@ def rss_kib(pid: int) -> int:
     except OSError:
         return 0
     return 0
-
-
-def wait_until(what: Callable[[], T], timeout: float, message: str, interval: float = 0.1) -> T:
-    """Poll what() until it returns a truthy value or `timeout` seconds passed (then AssertionError).
-    Exceptions from what() count as "not yet" and the last one is reported."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = what()
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # a not-yet answer, e.g. EIO while the mount recovers
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message}: not within {timeout:g} s (last: {last!r})")
-        time.sleep(interval)
-
-
-# ---- a private Reva stack behind fault proxies ----------------------------------------------------
-
-REPO = Path(__file__).resolve().parents[2]
-REVACTL = REPO / "dev" / "reva" / "revactl"
-#: revactl's default gateway and HTTP (ocdav + /data) ports; an instance adds REVA_PORT_OFFSET
-GATEWAY_PORT, HTTP_PORT = 19000, 19001
-
-
-@dataclass
-class PrivateStack:
-    """A revactl instance of ours (REVA_INSTANCE / REVA_PORT_OFFSET + extra REVA_* settings)."""
-
-    instance: str
-    offset: int
-    settings: dict[str, str] = field(default_factory=dict)
-    env_vars: dict[str, str] = field(default_factory=dict)
-
-    def revactl(self, *args: str, timeout: float = 180) -> str:
-        env = {**os.environ, "REVA_INSTANCE": self.instance, "REVA_PORT_OFFSET": str(self.offset)}
-        proc = subprocess.run(
-            [os.fspath(REVACTL), *args], cwd=REPO, env={**env, **self.settings},
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise AssertionError(
-                f"revactl {' '.join(args)} ({self.instance}) failed: {proc.stdout}{proc.stderr}"
-            )
-        return proc.stdout
-
-    def up(self) -> None:
-        self.revactl("up")
-        for line in self.revactl("env", timeout=30).splitlines():
-            key, sep, raw = line.partition("=")
-            if sep:
-                values = shlex.split(raw)
-                self.env_vars[key] = values[0] if values else ""
-
-    @property
-    def gateway_port(self) -> int:
-        return GATEWAY_PORT + self.offset
-
-    @property
-    def http_port(self) -> int:
-        return HTTP_PORT + self.offset
 
 
 def bounded(fn: Callable[..., T], *args: Any, limit: float) -> tuple[T | BaseException, float]:

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 
 import pytest
 from faultproxy import FaultProxy, serve_in_thread
-from hostilekit import PrivateStack, ServerView, bounded, wait_until
+from hostilekit import ServerView, bounded
+from rig import PrivateStack, wait_for
 
 pytestmark = [pytest.mark.fuse]
 
@@ -99,7 +100,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     gw.target = ("127.0.0.1", stack.gateway_port)
     data.target = ("127.0.0.1", stack.http_port)
     with serve_in_thread(gw, data):
-        stack.settings["REVA_DATAGATEWAY_ADVERTISE"] = f"http://127.0.0.1:{data.port}/data"
+        stack.extra["REVA_DATAGATEWAY_ADVERTISE"] = f"http://127.0.0.1:{data.port}/data"
         stack.revactl("down", timeout=60)  # a leftover of ours (it may advertise an older proxy)
         stack.up()
         try:
@@ -139,7 +140,7 @@ def d(rig: Rig) -> Iterator[str]:
         rig.remount()
         pytest.fail(f"the meshfs daemon exited during the test: {died}", pytrace=False)
     # the mount must have recovered by itself whatever the test did
-    wait_until(lambda: os.path.isdir(rig.home(name)), RECOVER_BOUND, "the mount recovered after the test")
+    wait_for(lambda: os.path.isdir(rig.home(name)), RECOVER_BOUND, "the mount recovered after the test")
 
 
 def call(fn: Callable[..., T], *args: Any, limit: float) -> T:
@@ -324,7 +325,10 @@ def test_gateway_dropping_connections_gives_eio_then_recovers(rig: Rig, d: str, 
     assert isinstance(result, OSError) and result.errno == errno.EIO, f"listdir under {how}: {result!r}"
     assert took <= META_EIO_BOUND, f"EIO only after {took:.1f} s (bound {META_EIO_BOUND:g} s)"
     rig.gw.clear()
-    assert wait_until(lambda: os.listdir(rig.home(d)), RECOVER_BOUND, "listing after the fault") == ["f"]
+    listing = wait_for(
+        lambda: os.listdir(rig.home(d)), RECOVER_BOUND, "listing after the fault", retry_on=(OSError,)
+    )
+    assert listing == ["f"]
     assert call(read_file, rig.home(d) / "f", limit=30) == b"x"
 
 
@@ -338,7 +342,10 @@ def test_gateway_black_hole_eio_in_bounded_time_and_recovery(rig: Rig, d: str) -
     assert isinstance(result, OSError) and result.errno == errno.EIO, f"listdir on a black hole: {result!r}"
     assert took <= META_EIO_BOUND, f"EIO only after {took:.1f} s (bound {META_EIO_BOUND:g} s)"
     rig.gw.set("forward")
-    assert wait_until(lambda: os.listdir(rig.home(d)), RECOVER_BOUND, "listing after the black hole") == ["f"]
+    listing = wait_for(
+        lambda: os.listdir(rig.home(d)), RECOVER_BOUND, "listing after the black hole", retry_on=(OSError,)
+    )
+    assert listing == ["f"]
     call(write_file, rig.home(d) / "g", b"after", limit=30)
     synced_to_server(rig, d, "g", b"after")
 
@@ -359,8 +366,11 @@ def test_data_gateway_black_hole_cold_read_is_eio_in_bounded_time(rig: Rig, d: s
     assert isinstance(got, OSError) and got.errno == errno.EIO, f"read on a black hole: {got!r}"
     assert_data_bound(took, "EIO")
     rig.data.set("forward")
-    assert wait_until(
-        lambda: read_file(rig.home(d) / "f") == data, RECOVER_BOUND, "read after the black hole"
+    assert wait_for(
+        lambda: read_file(rig.home(d) / "f") == data,
+        RECOVER_BOUND,
+        "read after the black hole",
+        retry_on=(OSError,),
     )
 
 
@@ -425,7 +435,7 @@ def test_rename_over_and_unlink_while_their_uploads_are_on_the_wire(rig: Rig, d:
     start = rig.data.bytes_up
     call(write_file, rig.home(f"{d}/big"), big, limit=60)
     call(write_file, rig.home(f"{d}/gone"), gone, limit=60)
-    wait_until(lambda: rig.data.bytes_up - start > MB, 30, "the uploads to be on the wire")
+    wait_for(lambda: rig.data.bytes_up - start > MB, 30, "the uploads to be on the wire")
     call(os.rename, rig.home(f"{d}/big"), rig.home(f"{d}/other"), limit=60)
     call(os.unlink, rig.home(f"{d}/gone"), limit=60)
     rig.data.clear()
