@@ -19,7 +19,7 @@ import pytest
 import trio
 from conftest import ProxiedMounter
 from mounthelp import WebDav, run_meshfs
-from rig import free_port
+from rig import free_port, one_line
 
 pytestmark = [pytest.mark.reva, pytest.mark.fuse]
 
@@ -33,13 +33,6 @@ OUTAGE_OPTIONS = (
     "transfer_timeout=5s",
     "dir_poll_interval=0",
 )
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected exactly one error line, got {lines!r}"
-    assert lines[0].startswith("meshfs: "), lines[0]
-    return lines[0]
 
 
 def test_mount_with_nothing_listening_fails_with_one_line(reva: Any, tmp_path: Path) -> None:
@@ -57,7 +50,7 @@ def test_mount_with_nothing_listening_fails_with_one_line(reva: Any, tmp_path: P
     )  # fmt: skip
     elapsed = time.monotonic() - t0
     assert proc.returncode != 0
-    line = one_error_line(proc.stderr)
+    line = one_line(proc.stderr)
     assert f"127.0.0.1:{port}" in line, line
     assert elapsed < 60, f"took {elapsed:.1f} s"
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
@@ -75,7 +68,7 @@ def test_mount_with_a_wrong_password_fails_with_one_line(reva: Any, tmp_path: Pa
         "--cache-dir", os.fspath(tmp_path / "cache"), "-o", "tls=false", timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
-    one_error_line(proc.stderr)
+    one_line(proc.stderr)
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         assert os.fspath(mp) not in f.read()
 
@@ -193,7 +186,7 @@ def test_second_daemon_on_the_same_cache_dir_is_refused(
         "--cache-dir", os.fspath(cache), "-o", "tls=false", timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
-    one_error_line(proc.stderr)
+    one_line(proc.stderr)
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         assert os.fspath(mp) not in f.read()
     assert "home" in os.listdir(first)  # the first one is untouched
