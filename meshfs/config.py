@@ -111,6 +111,7 @@ class Config:
     default_permissions: bool
     ro: bool
     writeback_cache: bool
+    passthrough: bool
     max_background: int
     lock_refresh_interval: float
     lock_expiry: float
@@ -493,6 +494,16 @@ OPTIONS: tuple[Option, ...] = (
         "Kernel write-back cache (FUSE_WRITEBACK_CACHE): faster small writes; the kernel then owns "
         "mtime and size, so a size changed on the server is not seen while the kernel caches the file "
         "(kernel 6.18). Large writes were not faster with it.",
+        parse_bool,
+    ),
+    _o(
+        "passthrough",
+        "bool",
+        True,
+        "FUSE passthrough for files opened for writing that are new, truncated or fully cached: "
+        "the kernel writes the cache file itself, at local-disk speed (kernel >= 6.9, daemon as root; "
+        "otherwise unused). Used only while at least half the cache (and 256 MiB of its disk) is free "
+        "of dirty data: such writes are not held back by cache_size while the file is open.",
         parse_bool,
     ),
     _o(

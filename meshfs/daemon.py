@@ -76,6 +76,7 @@ class MountPlan:
     """The mount's kernel readahead (bdi read_ahead_kb) to set once it is live; 0 = kernel default."""
     max_background: int = 64
     writeback_cache: bool = False
+    passthrough: bool = False
 
 
 def plan_from_config(config: Any) -> MountPlan:
@@ -91,6 +92,7 @@ def plan_from_config(config: Any) -> MountPlan:
         read_ahead_kb=int(config.read_ahead_kb),
         max_background=int(config.max_background),
         writeback_cache=bool(config.writeback_cache),
+        passthrough=bool(getattr(config, "passthrough", False)),
     )
 
 
@@ -680,6 +682,7 @@ class SessionApi:
             nonempty=plan.nonempty,
             max_background=plan.max_background,
             writeback_cache=plan.writeback_cache,
+            passthrough=plan.passthrough,
         )
         try:
             # blocking (mount(2) or fusermount3), bounded inside by 30 s timeouts

@@ -446,6 +446,7 @@ class _Entry:
         "mtime",
         "mutex",
         "name",
+        "passthrough",
         "pending",
         "pins",
         "present",
@@ -463,6 +464,7 @@ class _Entry:
         self.present = RangeSet()
         self.atime = 0
         self.pins = 0
+        self.passthrough = 0  # handles whose data the kernel reads and writes itself (FUSE passthrough)
         self.fd: int | None = None
         self.epoch = 0
         self.pending: PendingUpload | None = None
@@ -695,6 +697,8 @@ class CacheStore:
                     entry.fd = os.open(self._data_dir / entry.name, flags, 0o600)
                 if created:
                     os.ftruncate(entry.fd, size)
+                elif entry.pending is None and entry.passthrough:
+                    pass  # the kernel reads this very file for other opens: it is not replaced under them
                 elif entry.pending is None and (entry.etag != etag or entry.size != size):
                     self._reset_locked(entry, size=size, etag=etag, mtime=mtime)
                 elif entry.pending is None and mtime is not None:
@@ -988,7 +992,7 @@ class CacheStore:
         the limit — e.g. after ENOSPC from a disk shared with others. Returns the bytes freed."""
         with self._lock:
             candidates = sorted(
-                (e for e in self._entries.values() if e.pending is None and e.present),
+                (e for e in self._entries.values() if e.pending is None and e.present and not e.passthrough),
                 key=lambda e: (e.pins > 0, e.atime),
             )
         freed = 0
@@ -1656,6 +1660,55 @@ class CacheFile:
             if e.pending is None:
                 e.size = size
             e.meta_dirty = True
+
+    # ---- passthrough: the kernel writes the data file itself ----------------------------------------
+
+    def begin_passthrough(self) -> None:
+        """The kernel will read and write this data file directly for an open (FUSE passthrough):
+        until the matching `end_passthrough`, its data is never evicted or replaced by a new remote
+        version, and writes are not seen here — call `adopt_disk()` to take them into account.
+        The file must be entirely present (new, truncated or fully cached)."""
+        e = self._entry
+        with self._store._lock:
+            if not e.present.contains(0, e.size):
+                raise StoreError(f"cache: passthrough of {e.key}, which is only partly cached")
+            e.passthrough += 1
+
+    def end_passthrough(self) -> None:
+        e = self._entry
+        with self._store._lock:
+            e.passthrough = max(0, e.passthrough - 1)
+
+    def disk_stamp(self) -> tuple[int, int, int]:
+        """(st_size, st_mtime_ns, st_ctime_ns) of the data file: changes with every write to it."""
+        st = os.fstat(self.fd)
+        return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    def adopt_disk(self) -> int:
+        """Take what the kernel wrote into the data file (passthrough) as this dirty file's new
+        content: its size becomes the data file's, all of it present (it was complete when the
+        passthrough began), the difference is accounted as used space, and the generation moves
+        (an upload that read older data does not mark it clean). Returns the size."""
+        e = self._entry
+        store = self._store
+        with e.mutex:
+            if e.pending is None and not e.detached:
+                raise WriteToCleanFile(f"cache: adopting writes to {e.key}, which is not marked dirty")
+            try:
+                size = os.fstat(self.fd).st_size
+            except OSError as exc:
+                raise _wrap_os_error(exc, f"reading the size of {e.key}") from exc
+            with store._lock:
+                before = e.present.total
+                if size < e.size:
+                    e.epoch += 1
+                e.present = RangeSet.full(size)
+                e.size = size
+                store._used += size - before
+                e.generation += 1
+                e.unsynced = True
+                e.atime = next(store._clock)
+        return size
 
     def sync_data(self) -> None:
         """Make this file's data and its journal record durable (fsync(2) of the user; the write-back

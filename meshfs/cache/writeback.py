@@ -139,6 +139,9 @@ class WriteBack:
         self.backoff_max = backoff_max
         self.on_uploaded = on_uploaded
         self.locate = locate
+        #: called with the key before each upload attempt reads the file (the vfs takes in writes
+        #: the kernel made directly into the cache file, FUSE passthrough); must not raise
+        self.before_upload: Callable[[str], Awaitable[None]] | None = None
         self._limiter = trio.CapacityLimiter(max(1, workers))
         self._slots: dict[str, _Slot] = {}
         self._wake = trio.Event()
@@ -369,6 +372,8 @@ class WriteBack:
         self._wake.set()
 
     async def _upload(self, key: str, slot: _Slot) -> None:
+        if self.before_upload is not None:
+            await self.before_upload(key)
         rec = self.store.get_pending(key)
         if rec is None:
             return

@@ -13,7 +13,7 @@ from typing import Final
 KERNEL_VERSION: Final = 7
 #: The newest minor whose structures this module knows (the header on the build machine).
 #: We answer INIT with min(kernel minor, SUPPORTED_MINOR) and refuse kernels older than MIN_MINOR.
-SUPPORTED_MINOR: Final = 38
+SUPPORTED_MINOR: Final = 40
 MIN_MINOR: Final = 31
 
 # ---------------------------------------------------------------- opcodes
@@ -89,6 +89,8 @@ MAX_PAGES: Final = 1 << 22
 CACHE_SYMLINKS: Final = 1 << 23
 EXPLICIT_INVAL_DATA: Final = 1 << 25
 INIT_EXT: Final = 1 << 30
+#: flags2 (the upper 32 bits of the 64-bit flag word, sent only with INIT_EXT)
+PASSTHROUGH: Final = 1 << 37
 
 # ---------------------------------------------------------------- other flag words
 FATTR_MODE: Final = 1 << 0
@@ -108,6 +110,7 @@ FOPEN_DIRECT_IO: Final = 1 << 0
 FOPEN_KEEP_CACHE: Final = 1 << 1
 FOPEN_NONSEEKABLE: Final = 1 << 2
 FOPEN_NOFLUSH: Final = 1 << 5
+FOPEN_PASSTHROUGH: Final = 1 << 7  # 7.40: reads/writes/mmap go to the backing file of open_out.backing_id
 
 RELEASE_FLUSH: Final = 1 << 0
 RELEASE_FLOCK_UNLOCK: Final = 1 << 1
@@ -120,14 +123,23 @@ NOTIFY_INVAL_ENTRY: Final = 3
 NOTIFY_STORE: Final = 4
 NOTIFY_DELETE: Final = 6
 
+# ---------------------------------------------------------------- /dev/fuse ioctls (7.40)
+#: struct fuse_backing_map {int32 fd; uint32 flags; uint64 padding}
+BACKING_MAP: Final = struct.Struct("<iIQ")
+#: _IOW(229, 1, struct fuse_backing_map): register an open file as a backing file, returns its id
+DEV_IOC_BACKING_OPEN: Final = (1 << 30) | (BACKING_MAP.size << 16) | (229 << 8) | 1
+#: _IOW(229, 2, uint32_t): drop a backing id (opens already using it keep their file)
+DEV_IOC_BACKING_CLOSE: Final = (1 << 30) | (4 << 16) | (229 << 8) | 2
+BACKING_CLOSE_ARG: Final = struct.Struct("<I")
+
 # ---------------------------------------------------------------- structs
 IN_HEADER: Final = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
 OUT_HEADER: Final = struct.Struct("<IiQ")  # len error unique
 INIT_IN: Final = struct.Struct("<IIII")  # major minor max_readahead flags (+ flags2 from 7.36)
 INIT_IN_FLAGS2: Final = struct.Struct("<I")
 #: major minor max_readahead flags max_background congestion_threshold max_write time_gran
-#: max_pages map_alignment flags2 unused[7]
-INIT_OUT: Final = struct.Struct("<IIIIHHIIHHI28x")
+#: max_pages map_alignment flags2 max_stack_depth (7.40) unused[6]
+INIT_OUT: Final = struct.Struct("<IIIIHHIIHHII24x")
 FORGET_IN: Final = struct.Struct("<Q")
 FORGET_ONE: Final = struct.Struct("<QQ")
 BATCH_FORGET_IN: Final = struct.Struct("<II")
@@ -144,7 +156,7 @@ RENAME2_IN: Final = struct.Struct("<QII")  # newdir flags padding
 LINK_IN: Final = struct.Struct("<Q")
 OPEN_IN: Final = struct.Struct("<II")  # flags open_flags
 CREATE_IN: Final = struct.Struct("<IIII")  # flags mode umask open_flags
-OPEN_OUT: Final = struct.Struct("<QII")  # fh open_flags padding
+OPEN_OUT: Final = struct.Struct("<QIi")  # fh open_flags backing_id (7.40; padding before)
 RELEASE_IN: Final = struct.Struct("<QIIQ")  # fh flags release_flags lock_owner
 FLUSH_IN: Final = struct.Struct("<QIIQ")  # fh unused padding lock_owner
 READ_IN: Final = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
@@ -168,6 +180,7 @@ NOTIFY_INVAL_ENTRY_OUT: Final = struct.Struct("<QII")  # parent namelen flags
 NOTIFY_DELETE_OUT: Final = struct.Struct("<QQII")  # parent child namelen padding
 NOTIFY_STORE_OUT: Final = struct.Struct("<QQII")  # nodeid offset size padding
 
-assert IN_HEADER.size == 40 and OUT_HEADER.size == 16
+assert IN_HEADER.size == 40 and OUT_HEADER.size == 16 and OPEN_OUT.size == 16
+assert DEV_IOC_BACKING_OPEN == 0x4010E501 and DEV_IOC_BACKING_CLOSE == 0x4004E502
 assert INIT_OUT.size == 64 and ATTR.size == 88 and SETATTR_IN.size == 88
 assert STATFS_OUT.size == 80 and LK_IN.size == 48 and READ_IN.size == 40

@@ -122,6 +122,11 @@ class FileInfo:
     keep_cache: do not drop the page cache of this inode on open (the data did not change).
     nonseekable: the file is a stream (pread/lseek fail with ESPIPE).
     noflush: do not send FLUSH on close unless locks are involved (kernel >= 5.x, FOPEN_NOFLUSH).
+    backing_id: nonzero: FOPEN_PASSTHROUGH with this id from `Session.backing_open` — the kernel
+      reads, writes and mmaps the backing file itself; READ/WRITE never reach the filesystem for
+      this open (needs `MountOptions.passthrough` and `conn.has(PASSTHROUGH)`). Every open of one
+      inode at a time must be passthrough with the same id, or none: the kernel fails the open
+      with EIO otherwise.
     """
 
     fh: int = 0
@@ -129,6 +134,7 @@ class FileInfo:
     keep_cache: bool = False
     nonseekable: bool = False
     noflush: bool = False
+    backing_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,12 @@ class MountOptions:
       without CAP_SYS_RESOURCE a pipe is at most fs.pipe-max-size (1 MiB by default): mount()
       then lowers max_write to fit (1 MiB -> 1016 KiB; `Session.options` shows the value used).
       A worker that cannot get its pipe (per-user pipe limits) reads requests the ordinary way.
+    passthrough: negotiate FUSE_PASSTHROUGH (kernel >= 6.9, protocol 7.40; not with
+      writeback_cache): opens may then be answered with a backing file (`FileInfo.backing_id`,
+      from `Session.backing_open`, which needs CAP_SYS_ADMIN) whose reads and writes the kernel
+      does itself. `conn.has(abi.PASSTHROUGH)` says whether the kernel agreed. The mount gets
+      stacking depth 1: a backing file must be on a filesystem that is not itself stacked
+      (overlayfs, ecryptfs) — backing_open fails with ELOOP for those.
     """
 
     fsname: str = "meshfs"
@@ -148,6 +154,7 @@ class MountOptions:
     max_tasks: int = 1024
     unmount_grace: float = 5.0
     splice_write: bool = True
+    passthrough: bool = False
 
     def check(self) -> None:
         """Raise MountError for a bad value."""
@@ -259,7 +266,12 @@ def _now_ns() -> int:
 
 def _open_flags(fi: FileInfo) -> int:
     return ((abi.FOPEN_DIRECT_IO if fi.direct_io else 0) | (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0)
-            | (abi.FOPEN_NONSEEKABLE if fi.nonseekable else 0) | (abi.FOPEN_NOFLUSH if fi.noflush else 0))
+            | (abi.FOPEN_NONSEEKABLE if fi.nonseekable else 0) | (abi.FOPEN_NOFLUSH if fi.noflush else 0)
+            | (abi.FOPEN_PASSTHROUGH if fi.backing_id else 0))
+
+
+def _open_out(fi: FileInfo) -> bytes:
+    return abi.OPEN_OUT.pack(fi.fh, _open_flags(fi), fi.backing_id)
 
 
 #: parses one request (header tuple, payload) -> (coroutine function, its args)
@@ -517,6 +529,32 @@ class Session:
         self.fd = -1
 
     # ================================================================== notifications
+    def backing_open(self, fd: int) -> int:
+        """Register the open file `fd` (a regular file, opened for reading and writing) as a
+        backing file of this connection; returns its backing id for `FileInfo.backing_id`. The
+        kernel holds its own reference: `fd` may be closed afterwards. Call `backing_close(id)` once
+        no open still to be answered will use the id (e.g. at the last release of the inode's
+        passthrough opens). Raises OSError: EPERM without CAP_SYS_ADMIN, ELOOP for a file on a
+        stacked filesystem, EOPNOTSUPP/ENOTTY when passthrough was not negotiated."""
+        if self.conn is None or not self.conn.has(abi.PASSTHROUGH) or self.fd < 0:
+            raise OSError(errno.EOPNOTSUPP, "FUSE passthrough was not negotiated")
+        arg = bytearray(abi.BACKING_MAP.pack(fd, 0, 0))
+        backing_id = fcntl.ioctl(self.fd, abi.DEV_IOC_BACKING_OPEN, arg)
+        if backing_id <= 0:  # the kernel returns the id (> 0) or an error
+            raise OSError(errno.EIO, f"FUSE_DEV_IOC_BACKING_OPEN returned {backing_id}")
+        return int(backing_id)
+
+    def backing_close(self, backing_id: int) -> None:
+        """Drop a backing id (opens that use it keep their backing file). Errors are logged: the
+        connection may be gone already."""
+        if self.fd < 0 or backing_id <= 0:
+            return
+        try:
+            fcntl.ioctl(self.fd, abi.DEV_IOC_BACKING_CLOSE, bytearray(abi.BACKING_CLOSE_ARG.pack(backing_id)))
+        except OSError as e:
+            if e.errno not in (errno.EBADF, errno.ENODEV, errno.ENOTCONN):
+                log.warning("meshfs.fuse: closing backing id %d: %s", backing_id, e.strerror)
+
     def invalidate_inode(self, inode: int, off: int = 0, length: int = 0) -> None:
         """Drop the kernel's cached attributes of `inode` and its cached data in [off, off+length)
         (length 0: to the end; off < 0: attributes only). Queued, never blocks."""
@@ -878,7 +916,7 @@ class Session:
                       major, minor, abi.MIN_MINOR)
             if major > abi.KERNEL_VERSION:
                 # the kernel will retry with our major
-                self._write(unique, 0, [abi.INIT_OUT.pack(abi.KERNEL_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)])
+                self._write(unique, 0, [abi.INIT_OUT.pack(abi.KERNEL_VERSION, *([0] * 11))])
             else:
                 self._reply_err(unique, errno.EPROTO)
             return
@@ -901,7 +939,9 @@ class Session:
             want |= abi.EXPORT_SUPPORT
         if opts.auto_inval_data:
             want |= abi.AUTO_INVAL_DATA
-        flags = want & kflags
+        if opts.passthrough and not opts.writeback_cache and minor >= 40:
+            want |= abi.PASSTHROUGH
+        flags = want & (kflags | (kflags2 << 32))
         self.conn = ConnectionInfo(min(minor, abi.SUPPORTED_MINOR), kflags | (kflags2 << 32), flags,
                                    opts.max_write, max_readahead)
         try:
@@ -913,7 +953,8 @@ class Session:
         congestion = opts.congestion_threshold or max(1, opts.max_background * 3 // 4)
         out = abi.INIT_OUT.pack(
             abi.KERNEL_VERSION, min(minor, abi.SUPPORTED_MINOR), max_readahead, flags & 0xFFFFFFFF,
-            opts.max_background, congestion, opts.max_write, 1, opts.max_write // 4096, 0, 0,
+            opts.max_background, congestion, opts.max_write, 1, opts.max_write // 4096, 0,
+            flags >> 32, 1 if flags & abi.PASSTHROUGH else 0,  # flags2, max_stack_depth
         )
         self._write(unique, 0, [out])
         log.debug("meshfs.fuse: INIT 7.%d kernel flags %#x, negotiated %#x", minor, kflags, flags)
@@ -955,7 +996,7 @@ class Session:
         self._write(unique, 0, [abi.ATTR_OUT_HEAD.pack(sec, nsec, 0), pack_attr(attr)])
 
     def _reply_open(self, unique: int, fi: FileInfo) -> None:
-        self._write(unique, 0, [abi.OPEN_OUT.pack(fi.fh, _open_flags(fi), 0)])
+        self._write(unique, 0, [_open_out(fi)])
 
     def _reply_data(self, unique: int, data: bytes | bytearray | memoryview, limit: int) -> None:
         if len(data) > limit:
@@ -1200,7 +1241,7 @@ class Session:
                          ctx: RequestContext) -> None:
         fi, attr = await self.ops.create(parent, name, mode, flags, ctx)
         try:
-            self._write(unique, 0, [pack_entry_out(attr), abi.OPEN_OUT.pack(fi.fh, _open_flags(fi), 0)])
+            self._write(unique, 0, [pack_entry_out(attr), _open_out(fi)])
         except _ReplyFailed:
             await self.ops.release(fi.fh, flags, 0, False)
             await self.ops.forget([(attr.st_ino, 1)])

@@ -131,6 +131,7 @@ class MeshFilesystem:
             locks=self.locks,
         )
         self.writeback.on_uploaded = self._ops.uploaded
+        self.writeback.before_upload = self._ops.before_upload
         self._ops.share_commands = self.share_commands
         self._ops.nursery = nursery
         if self.config.dir_poll_interval > 0:
@@ -141,6 +142,7 @@ class MeshFilesystem:
         self.locks.before_release = self._ops.flush_inode
         await nursery.start(self.locks.refresher)
         nursery.start_soon(checkpoint_loop, self.store)
+        nursery.start_soon(self._ops.passthrough_loop)
         await nursery.start(self.writeback.run)
         if self.config.dir_poll_interval > 0:
             nursery.start_soon(self._poll_remote)
@@ -238,6 +240,7 @@ class MeshFilesystem:
             "errors": list(ops.errors[-20:]) if ops else [],
             "bytes_down": ops.bytes_down if ops else 0,
             "bytes_up": wb.uploaded_bytes if wb else 0,
+            "passthrough": ops.passthrough_status() if ops else {"on": False, "why": "not mounted"},
         }
 
     async def sync(self, path: str | None) -> list[str]:

@@ -12,6 +12,7 @@ Must not import: grpc, cs3apis, urllib3 (the server is reached through meshfs.cs
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import logging
 import os
@@ -58,7 +59,7 @@ from meshfs.fuse import (
     readdir_reply,
 )
 from meshfs.fuse import Lock as FLock
-from meshfs.fuse.abi import WRITEBACK_CACHE
+from meshfs.fuse.abi import PASSTHROUGH, WRITEBACK_CACHE
 from meshfs.vfs.inodes import InodeTable, Kind, Node
 from meshfs.vfs.locks import Conflict, LockManager
 from meshfs.vfs.shares import GRANTEES_XATTR, ShareCommands
@@ -80,6 +81,10 @@ BIG_QUOTA = 1 << 50  # what statfs reports as the size of a space without a quot
 INLINE_WRITE_MAX = 32 << 10
 INLINE_WRITE_SLOW = 0.02  # s: an inline write slower than this (dirty throttling) ...
 INLINE_WRITE_BACKOFF = 1.0  # s: ... sends writes to worker threads for this long
+# A writable open gets FUSE passthrough (the kernel writes the cache file itself, past the cache
+# limit's backpressure) only while this much of the cache is free of dirty data, and of its disk too
+PASSTHROUGH_MIN_FREE = 256 << 20
+PASSTHROUGH_SYNC_INTERVAL = 1.0  # s: how often writes through passthrough are taken into account
 
 
 def encode_xattr(value: bytes) -> str:
@@ -117,6 +122,22 @@ class Handle:
     prefetching: bool = False
     closed: bool = False
     lock_owners: set[int] = field(default_factory=set)
+    passthrough: bool = False  # the kernel reads and writes the cache file itself (no READ/WRITE here)
+
+
+@dataclass(slots=True, eq=False)
+class _Backing:
+    """The passthrough state of one inode while the kernel has it open that way: every open of the
+    inode uses this backing id (the kernel allows no other), the cache file's disk stamp when its
+    writes were last taken in, and whether closing the last open may turn the file clean again
+    (it was clean before the first open and nothing changed since)."""
+
+    backing_id: int
+    handles: list[Handle] = field(default_factory=list)
+    lock: trio.Lock = field(default_factory=trio.Lock)  # one taking-in or close at a time
+    stamp: tuple[int, int, int] = (0, 0, 0)
+    clean_at_open: bool = False
+    generation: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -188,6 +209,10 @@ class MeshOps(Operations):
         self.observe: Callable[[str, int, float], None] | None = None
         self.bytes_down = 0
         self._inline_writes_after = 0.0  # trio time before which writes use worker threads
+        self._backing: dict[int, _Backing] = {}  # inode -> its passthrough state
+        self._passthrough_off: str | None = None  # why passthrough is not used (after a refusal)
+        self._after_passthrough: set[int] = set()  # inodes whose kernel page cache predates it
+        self.passthrough_opens = 0
 
     # ---- the errno boundary ----------------------------------------------------------------------
 
@@ -267,6 +292,10 @@ class MeshOps(Operations):
                     node.local_size = info.size
             mode = 0o644 if writable else 0o444
             a.st_mode = stat.S_IFREG | self._mode_bits(res, mode, writable)
+            b = self._backing.get(node.inode)
+            if b is not None and b.handles:  # the kernel writes it itself: the data file has the size
+                with contextlib.suppress(OSError, StoreError):
+                    node.local_size = b.handles[0].cache.disk_stamp()[0]
             size = node.local_size if node.local_size is not None else (res.size if res else 0)
             a.st_size = size
             a.st_blocks = (size + 511) // 512
@@ -326,6 +355,7 @@ class MeshOps(Operations):
     async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
         node = self._node(inode)
         async with self._op("getattr", node):
+            await self._take_passthrough_writes(node)
             if node.rid is not None and node.local_size is None and not node.unlinked:
                 try:
                     await self.tree.stat(node)
@@ -341,6 +371,7 @@ class MeshOps(Operations):
         async with self._op("setattr", node):
             if node.rid is None:
                 raise FUSEError(errno.EPERM)
+            await self._take_passthrough_writes(node)  # before: a time set now must not be undone
             chown = (fields.update_uid and attr.st_uid != self.uid) or (
                 fields.update_gid and attr.st_gid != self.gid
             )
@@ -576,6 +607,7 @@ class MeshOps(Operations):
                 raise FUSEError(errno.EINVAL)
             node = await self.tree.lookup(old_parent, old_name)
             assert node.rid is not None
+            await self._take_passthrough_writes(node)  # its content may go up as the target's
             try:
                 target: Node | None = await self.tree.lookup(new_parent, new_name)
             except NotFound:
@@ -772,7 +804,11 @@ class MeshOps(Operations):
                 raise FUSEError(errno.EISDIR)
             return await self._open_node(node, flags)
 
-    async def _open_node(self, node: Node, flags: int, fresh: Resource | None = None) -> FileInfo:
+    async def _open_node(
+        self, node: Node, flags: int, fresh: Resource | None = None, *, kernel: bool = True
+    ) -> FileInfo:
+        """Open `node` for the kernel (or, with kernel=False, for a change made here: no
+        passthrough, the handle never reaches the kernel)."""
         acc = flags & os.O_ACCMODE
         writable = acc in (os.O_WRONLY, os.O_RDWR)
         if writable or flags & os.O_TRUNC:
@@ -829,7 +865,171 @@ class MeshOps(Operations):
             raise
         if cf.dirty:
             node.local_size = cf.size
+        if kernel:
+            try:
+                backing_id = await self._passthrough(h, writable)
+            except BaseException:
+                await self._close_handle(h)
+                raise
+            if backing_id:
+                return FileInfo(fh=h.fh, backing_id=backing_id)
+            if node.inode in self._after_passthrough:
+                # the kernel's page cache of this inode predates what passthrough wrote
+                self._after_passthrough.discard(node.inode)
+                keep = False
         return FileInfo(fh=h.fh, keep_cache=keep)
+
+    # ---- FUSE passthrough ------------------------------------------------------------------------
+
+    def _passthrough_wanted(self, h: Handle) -> bool:
+        """A new passthrough for a writable open: the kernel agreed, nobody else has the inode
+        open (the kernel allows no mix), the cache file is complete (the kernel reads it as the
+        file), and there is room: writes through passthrough cannot be held back by the cache
+        limit, so it is used only while plenty of the cache and of its disk is free."""
+        conn = self.session.conn if self.session is not None else None
+        if conn is None or not conn.has(PASSTHROUGH) or self._passthrough_off is not None:
+            return False
+        node, cf = h.node, h.cache
+        if not h.writable or node.open_count != 1 or node.unlinked or not cf.covers(0, cf.size):
+            return False
+        st = self.store.stats()
+        if st.limit - st.dirty_bytes < max(st.limit // 2, PASSTHROUGH_MIN_FREE):
+            return False
+        try:
+            vfs = os.statvfs(self.store.directory)
+        except OSError:
+            return False
+        return vfs.f_bavail * vfs.f_frsize >= PASSTHROUGH_MIN_FREE
+
+    async def _passthrough(self, h: Handle, writable: bool) -> int:
+        """The backing id to answer this open with (0: an ordinary open). An inode the kernel has
+        open with passthrough must be opened the same way, with the same id."""
+        node, cf = h.node, h.cache
+        b = self._backing.get(node.inode)
+        if b is None:
+            if not self._passthrough_wanted(h):
+                return 0
+            assert self.session is not None
+            try:
+                backing_id = self.session.backing_open(cf.fd)
+            except OSError as e:
+                self._passthrough_off = f"the kernel refused a backing file: {e.strerror}"
+                log.info("FUSE passthrough is not used on this mount: %s", self._passthrough_off)
+                return 0
+            b = _Backing(backing_id)
+            try:
+                cf.begin_passthrough()
+            except StoreError:
+                self.session.backing_close(backing_id)
+                return 0
+            b.handles.append(h)
+            h.passthrough = True
+            self._backing[node.inode] = b
+            async with b.lock:
+                try:
+                    b.clean_at_open = not cf.dirty
+                    await self._dirty(h)  # before the kernel writes: journaled, never reset or evicted
+                    b.generation = cf.generation
+                    b.stamp = cf.disk_stamp()
+                except BaseException:
+                    await self._end_passthrough(h)
+                    raise
+        else:
+            try:
+                cf.begin_passthrough()
+            except StoreError as e:
+                raise MeshError(f"cannot share the passthrough file: {e}", op="open") from e
+            b.handles.append(h)
+            h.passthrough = True
+        self.passthrough_opens += 1
+        return b.backing_id
+
+    async def _take_passthrough_writes(self, node: Node) -> None:
+        """Take what the kernel wrote through passthrough into the cache's accounting: size, used
+        space, the file dirty (again, after an fsync's upload) with a new generation."""
+        b = self._backing.get(node.inode)
+        if b is None:
+            return
+        async with b.lock:
+            if self._backing.get(node.inode) is b:
+                await self._take_locked(node, b)
+
+    async def _take_locked(self, node: Node, b: _Backing) -> None:
+        if not b.handles:
+            return
+        h = next((x for x in b.handles if x.writable), b.handles[0])
+        cf = h.cache
+        try:
+            stamp = cf.disk_stamp()
+        except (OSError, StoreError):
+            return
+        if stamp == b.stamp:
+            return
+        await self._dirty(h)
+        size = await trio.to_thread.run_sync(cf.adopt_disk, limiter=self.io)
+        b.stamp = stamp  # a write after that fstat shows as a new stamp next time
+        node.local_size = size
+        node.local_mtime_ns = stamp[1]
+
+    async def _end_passthrough(self, h: Handle) -> None:
+        """`h` closes. The last passthrough open of an inode drops the backing id, and a file that
+        was clean before and did not change is clean again (no upload for an open without writes)."""
+        node = h.node
+        b = self._backing.get(node.inode)
+        h.passthrough = False
+        h.cache.end_passthrough()
+        if b is None or h not in b.handles:
+            return
+        b.handles.remove(h)
+        if b.handles:
+            return
+        del self._backing[node.inode]
+        self._after_passthrough.add(node.inode)
+        if self.session is not None:
+            self.session.backing_close(b.backing_id)
+        cf = h.cache
+        if b.clean_at_open and cf.dirty and cf.generation == b.generation:
+            assert node.rid is not None
+            key = str(node.rid)
+            await trio.to_thread.run_sync(
+                partial(self.store.mark_clean, key, b.generation, etag=cf.etag), limiter=self.io
+            )
+            if not cf.dirty:
+                node.local_size = node.local_mtime_ns = None
+
+    def passthrough_status(self) -> dict[str, object]:
+        """For `meshfs status`: whether passthrough is in use, why not, opens so far, open now."""
+        conn = self.session.conn if self.session is not None else None
+        why = self._passthrough_off
+        if why is None and (conn is None or not conn.has(PASSTHROUGH)):
+            why = "not negotiated with the kernel (needs kernel >= 6.9 and passthrough = true)"
+        opens, now = self.passthrough_opens, len(self._backing)
+        return {"on": why is None, "why": why, "opens": opens, "open_files": now}
+
+    async def before_upload(self, key: str) -> None:
+        """Write-back hook: take in passthrough writes before an upload reads the file."""
+        for node in self.inodes_by_key(key):
+            try:
+                await self._take_passthrough_writes(node)
+            except (MeshError, StoreError, FUSEError) as e:
+                log.warning("%s: taking in writes before the upload: %s", self.tree.path_of(node), e)
+
+    async def passthrough_loop(self) -> None:
+        """Background: account writes through passthrough every PASSTHROUGH_SYNC_INTERVAL (the
+        cache's use stays current in `meshfs status`; clean data is evicted to make room)."""
+        while True:
+            await trio.sleep(PASSTHROUGH_SYNC_INTERVAL)
+            if not self._backing:
+                continue
+            for inode in list(self._backing):
+                node = self.inodes.get(inode)
+                if node is None:
+                    continue
+                try:
+                    await self._take_passthrough_writes(node)
+                except (MeshError, StoreError, FUSEError) as e:
+                    log.warning("%s: taking in passthrough writes: %s", self.tree.path_of(node), e)
+            await trio.to_thread.run_sync(self.store.ensure_space, 0, limiter=self.io)
 
     async def _remote_state(self, node: Node, clean: bool, fresh: Resource | None) -> Resource:
         """The remote version an open revalidates the cache against: `fresh` (just created), the
@@ -1044,12 +1244,13 @@ class MeshOps(Operations):
         return n
 
     async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        await self._take_passthrough_writes(node)
         h = self._handles.get(fh) if fh is not None else None
         temp = None
         if h is None:
             h = self._writer_of(node)
         if h is None:
-            fi = await self._open_node(node, os.O_WRONLY)
+            fi = await self._open_node(node, os.O_WRONLY, kernel=False)
             temp = self._handles[fi.fh]
             h = temp
         try:
@@ -1069,6 +1270,9 @@ class MeshOps(Operations):
         if h is not None:
             async with self._op("flush", h.node):
                 await self.locks.release_owner(h.node.inode, lock_owner)
+                if h.passthrough and h.writable and self.locks.lost(h.node.inode):
+                    # writes through passthrough are not checked one by one: close reports it
+                    raise FUSEError(errno.EIO)
 
     async def release(self, fh: int, flags: int, lock_owner: int, flock_release: bool) -> None:
         h = self._handles.get(fh)
@@ -1082,6 +1286,15 @@ class MeshOps(Operations):
                 await self.locks.release_owner(h.node.inode, owner)
 
     async def _close_handle(self, h: Handle) -> None:
+        b = self._backing.get(h.node.inode)
+        if h.passthrough and b is not None:
+            async with b.lock:
+                try:
+                    await self._take_locked(h.node, b)
+                finally:
+                    await self._end_passthrough(h)
+        elif h.passthrough:
+            await self._end_passthrough(h)
         self._handles.pop(h.fh, None)
         h.closed = True
         node = h.node
@@ -1101,6 +1314,7 @@ class MeshOps(Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         async with self._op("fsync", h.node):
+            await self._take_passthrough_writes(h.node)
             if not h.cache.dirty or h.node.unlinked:
                 return
             await trio.to_thread.run_sync(h.cache.sync_data, limiter=self.io)
