@@ -1,0 +1,208 @@
+"""FUSE passthrough on a real meshfs mount of the dev Reva: files opened for writing that are new,
+truncated or fully cached are written by the kernel straight into the cache file.
+
+What must hold as without passthrough: the data reaches the server (also after kill -9 of the
+daemon), sizes are right while the file is open, fsync is a barrier also for writes after it,
+readers opened meanwhile see the data, an open without writes uploads nothing, a reader opened
+first keeps the ordinary path, and no stale page of an earlier version is ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rig import Mount, Mounter, WebDav, sha256, wait_for
+
+MiB = 1 << 20
+
+pytestmark = [
+    pytest.mark.reva,
+    pytest.mark.fuse,
+    pytest.mark.skipif(os.geteuid() != 0, reason="FUSE passthrough needs the daemon as root (CAP_SYS_ADMIN)"),
+]
+
+
+@pytest.fixture
+def mounter(reva: Any, tmp_path: Path) -> Iterator[Mounter]:
+    m = Mounter(
+        reva.gateway,
+        {u.username: u.password for u in reva.users},
+        tmp_path / "m",
+        options=("drain_timeout=60s",),
+        umount_timeout=60.0,
+    )
+    try:
+        yield m
+    finally:
+        problems = m.close()
+        if problems:
+            print(f"\nmount cleanup had to force: {problems}")
+
+
+@pytest.fixture
+def node(mounter: Mounter) -> Mount:
+    m: Mount = mounter.mount("einstein", "upload_delay=1s")
+    pt = m.status()["fs"]["passthrough"]
+    if not pt["on"]:
+        pytest.skip(f"FUSE passthrough is not available here: {pt['why']}")
+    return m
+
+
+@pytest.fixture
+def area(node: Mount) -> Iterator[str]:
+    name = f"pt-{uuid.uuid4().hex[:10]}"
+    (node.home / name).mkdir()
+    yield name
+
+
+def _opens(m: Mount) -> int:
+    return int(m.status()["fs"]["passthrough"]["opens"])
+
+
+def test_dd_goes_through_passthrough_and_reaches_the_server(
+    node: Mount, area: str, webdav: WebDav, tmp_path: Path
+) -> None:
+    src = tmp_path / "src.bin"
+    data = os.urandom(24 * MiB + 4321)
+    src.write_bytes(data)
+    before = _opens(node)
+    target = node.home / area / "big.bin"
+    with open(src, "rb") as f, open(target, "wb") as g:
+        while chunk := f.read(MiB):
+            g.write(chunk)
+    assert _opens(node) == before + 1, "the write did not go through passthrough"
+    assert target.stat().st_size == len(data)
+    assert target.read_bytes() == data
+    node.sync_ok()
+    assert webdav.sha256(f"{area}/big.bin") == (sha256(data), len(data))
+    assert node.status()["fs"]["passthrough"]["open_files"] == 0
+
+
+def test_size_and_data_are_visible_while_the_writer_has_it_open(node: Mount, area: str) -> None:
+    p = node.home / area / "growing.bin"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"a" * (3 * MiB))
+        assert os.fstat(fd).st_size == 3 * MiB
+        assert os.stat(p).st_size == 3 * MiB
+        with open(p, "rb") as reader:  # a reader opened meanwhile shares the passthrough file
+            assert reader.read() == b"a" * (3 * MiB)
+            os.write(fd, b"tail")
+            assert reader.read() == b"tail"
+        assert os.stat(p).st_size == 3 * MiB + 4
+    finally:
+        os.close(fd)
+    assert p.stat().st_size == 3 * MiB + 4
+
+
+def test_fsync_is_a_barrier_also_for_writes_after_it(node: Mount, area: str, webdav: WebDav) -> None:
+    p = node.home / area / "journal.log"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"first record\n")
+        os.fsync(fd)
+        assert webdav.get(f"{area}/journal.log") == b"first record\n"
+        os.write(fd, b"second record\n")
+        os.fsync(fd)
+        assert webdav.get(f"{area}/journal.log") == b"first record\nsecond record\n"
+        os.write(fd, b"third, no fsync\n")
+    finally:
+        os.close(fd)
+    node.sync_ok()
+    assert webdav.get(f"{area}/journal.log") == b"first record\nsecond record\nthird, no fsync\n"
+
+
+def test_truncate_and_times_set_through_an_open_passthrough_file(
+    node: Mount, area: str, webdav: WebDav
+) -> None:
+    p = node.home / area / "cut.txt"
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"0123456789")
+        os.ftruncate(fd, 4)
+        os.write(fd, b"XY")  # at offset 10: a hole from 4 to 10
+        os.utime(fd, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    finally:
+        os.close(fd)
+    st = p.stat()
+    assert (st.st_size, st.st_mtime_ns) == (12, 1_600_000_000_000_000_000)
+    assert p.read_bytes() == b"0123" + bytes(6) + b"XY"
+    node.sync_ok()
+    assert webdav.get(f"{area}/cut.txt") == b"0123" + bytes(6) + b"XY"
+    assert p.stat().st_mtime_ns == 1_600_000_000_000_000_000
+
+
+def test_an_open_for_writing_without_writes_uploads_nothing(node: Mount, area: str) -> None:
+    p = node.home / area / "untouched.txt"
+    p.write_bytes(b"stays as it is\n")
+    node.sync_ok()
+    assert p.read_bytes() == b"stays as it is\n"  # fully cached now
+    up = int(node.status()["fs"]["bytes_up"])
+    before = _opens(node)
+    with open(p, "r+b") as f:
+        assert f.read() == b"stays as it is\n"
+    assert _opens(node) == before + 1
+    wait_for(lambda: node.status()["fs"]["passthrough"]["open_files"] == 0, 10, "the release")
+    assert os.getxattr(p, "user.meshfs.state") == b"clean"
+    node.sync_ok()
+    assert int(node.status()["fs"]["bytes_up"]) == up
+
+
+def test_a_reader_opened_first_keeps_the_ordinary_path(node: Mount, area: str, webdav: WebDav) -> None:
+    p = node.home / area / "shared.txt"
+    p.write_bytes(b"version one\n")
+    node.sync_ok()
+    before = _opens(node)
+    with open(p, "rb") as reader:
+        assert reader.read() == b"version one\n"
+        with open(p, "wb") as writer:  # the kernel allows no mix: this open is an ordinary one
+            writer.write(b"version two, longer\n")
+        assert _opens(node) == before
+    assert p.read_bytes() == b"version two, longer\n"
+    node.sync_ok()
+    assert webdav.get(f"{area}/shared.txt") == b"version two, longer\n"
+
+
+def test_no_stale_page_after_a_passthrough_rewrite(node: Mount, area: str) -> None:
+    """A file read through the page cache (ordinary open), then rewritten through passthrough with
+    the same size: the next ordinary read must not serve the old pages."""
+    p = node.home / area / "pages.bin"
+    old, new = b"o" * 65536, b"n" * 65536
+    p.write_bytes(old)
+    node.sync_ok()
+    fd = os.open(p, os.O_RDONLY)  # an ordinary open (read-only): fills the kernel's page cache
+    try:
+        assert os.read(fd, 65536) == old
+    finally:
+        os.close(fd)
+    wait_for(lambda: node.status()["fs"]["passthrough"]["open_files"] == 0, 10, "the release")
+    before = _opens(node)
+    p.write_bytes(new)
+    assert _opens(node) == before + 1
+    wait_for(lambda: node.status()["fs"]["passthrough"]["open_files"] == 0, 10, "the release")
+    assert p.read_bytes() == new
+
+
+def test_kill_9_with_a_passthrough_file_open_loses_nothing(
+    mounter: Mounter, node: Mount, area: str, webdav: WebDav
+) -> None:
+    data = os.urandom(16 * MiB)
+    p = node.home / area / "crash.bin"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        mounter.kill(node, detach=True)  # the daemon dies with the file open and nothing uploaded
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    again = mounter.mount("einstein", "upload_delay=1s", cache_dir=node.cache_dir)
+    again.sync_ok()
+    assert webdav.sha256(f"{area}/crash.bin") == (sha256(data), len(data))
+    assert (again.home / area / "crash.bin").read_bytes() == data
