@@ -211,6 +211,7 @@ class MeshOps(Operations):
         self._inline_writes_after = 0.0  # trio time before which writes use worker threads
         self._backing: dict[int, _Backing] = {}  # inode -> its passthrough state
         self._passthrough_off: str | None = None  # why passthrough is not used (after a refusal)
+        self._passthrough_probed = False
         self._after_passthrough: set[int] = set()  # inodes whose kernel page cache predates it
         self.passthrough_opens = 0
 
@@ -886,8 +887,7 @@ class MeshOps(Operations):
         open (the kernel allows no mix), the cache file is complete (the kernel reads it as the
         file), and there is room: writes through passthrough cannot be held back by the cache
         limit, so it is used only while plenty of the cache and of its disk is free."""
-        conn = self.session.conn if self.session is not None else None
-        if conn is None or not conn.has(PASSTHROUGH) or self._passthrough_off is not None:
+        if not self._passthrough_usable():
             return False
         node, cf = h.node, h.cache
         if not h.writable or node.open_count != 1 or node.unlinked or not cf.covers(0, cf.size):
@@ -900,6 +900,28 @@ class MeshOps(Operations):
         except OSError:
             return False
         return vfs.f_bavail * vfs.f_frsize >= PASSTHROUGH_MIN_FREE
+
+    def _passthrough_usable(self) -> bool:
+        """The kernel agreed to passthrough and takes our backing files. Whether it takes them
+        (CAP_SYS_ADMIN, a cache dir not on a stacked filesystem) is probed once, with the cache
+        directory itself, so that `meshfs status` can tell before the first write."""
+        conn = self.session.conn if self.session is not None else None
+        if conn is None or not conn.has(PASSTHROUGH) or self._passthrough_off is not None:
+            return False
+        if not self._passthrough_probed:
+            assert self.session is not None
+            self._passthrough_probed = True
+            try:
+                probe = os.open(self.store.directory / "LOCK", os.O_PATH | os.O_CLOEXEC)
+                try:
+                    self.session.backing_close(self.session.backing_open(probe))
+                finally:
+                    os.close(probe)
+            except OSError as e:
+                self._passthrough_off = f"the kernel refuses backing files from the cache dir: {e.strerror}"
+                log.info("FUSE passthrough is not used on this mount: %s", self._passthrough_off)
+                return False
+        return True
 
     async def _passthrough(self, h: Handle, writable: bool) -> int:
         """The backing id to answer this open with (0: an ordinary open). An inode the kernel has
@@ -1000,6 +1022,7 @@ class MeshOps(Operations):
     def passthrough_status(self) -> dict[str, object]:
         """For `meshfs status`: whether passthrough is in use, why not, opens so far, open now."""
         conn = self.session.conn if self.session is not None else None
+        self._passthrough_usable()
         why = self._passthrough_off
         if why is None and (conn is None or not conn.has(PASSTHROUGH)):
             why = "not negotiated with the kernel (needs kernel >= 6.9 and passthrough = true)"

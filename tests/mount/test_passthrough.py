@@ -9,7 +9,9 @@ first keeps the ordinary path, and no stale page of an earlier version is ever r
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +208,58 @@ def test_kill_9_with_a_passthrough_file_open_loses_nothing(
     again.sync_ok()
     assert webdav.sha256(f"{area}/crash.bin") == (sha256(data), len(data))
     assert (again.home / area / "crash.bin").read_bytes() == data
+
+
+def test_passthrough_false_keeps_every_write_on_the_ordinary_path(
+    mounter: Mounter, webdav: WebDav, tmp_path: Path
+) -> None:
+    m = mounter.mount("einstein", "passthrough=false")
+    pt = m.status()["fs"]["passthrough"]
+    assert pt["on"] is False and "not negotiated" in pt["why"], pt
+    name = f"pt-off-{uuid.uuid4().hex[:8]}.bin"
+    data = os.urandom(3 * MiB)
+    (m.home / name).write_bytes(data)
+    assert (m.home / name).read_bytes() == data
+    m.sync_ok()
+    assert webdav.sha256(name) == (sha256(data), len(data))
+    assert m.status()["fs"]["passthrough"]["opens"] == 0
+    webdav.delete(name)
+
+
+@contextlib.contextmanager
+def _overlayfs(root: Path) -> Iterator[Path]:
+    for d in ("lower", "upper", "work", "merged"):
+        (root / d).mkdir(parents=True)
+    merged = root / "merged"
+    opts = f"lowerdir={root / 'lower'},upperdir={root / 'upper'},workdir={root / 'work'}"
+    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, os.fspath(merged)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount an overlayfs here: {proc.stderr.strip()}")
+    try:
+        yield merged
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(merged)], capture_output=True, timeout=30)
+
+
+def test_a_cache_dir_on_a_stacked_filesystem_falls_back_with_a_reason(
+    mounter: Mounter, webdav: WebDav, tmp_path: Path
+) -> None:
+    """The kernel refuses backing files on a stacked filesystem (ELOOP at depth 1): the mount says
+    so in its status and every write takes the ordinary path — no open fails."""
+    with _overlayfs(tmp_path / "ovl") as merged:
+        m = mounter.mount("einstein", cache_dir=merged / "cache")
+        try:
+            pt = m.status()["fs"]["passthrough"]
+            assert pt["on"] is False and "refuses backing files" in pt["why"], pt
+            name = f"pt-ovl-{uuid.uuid4().hex[:8]}.bin"
+            data = os.urandom(2 * MiB)
+            (m.home / name).write_bytes(data)
+            assert (m.home / name).read_bytes() == data
+            m.sync_ok()
+            assert webdav.sha256(name) == (sha256(data), len(data))
+            assert m.status()["fs"]["passthrough"]["opens"] == 0
+            webdav.delete(name)
+        finally:
+            assert mounter.unmount(m) == []
+            mounter.mounts.remove(m)
