@@ -500,8 +500,8 @@ OPTIONS: tuple[Option, ...] = (
         "passthrough",
         "bool",
         True,
-        "FUSE passthrough for files opened for writing that are new, truncated or fully cached: "
-        "the kernel writes the cache file itself, at local-disk speed (kernel >= 6.9, daemon as root; "
+        "FUSE passthrough for files opened for writing that start empty (new, or O_TRUNC): the "
+        "kernel writes the cache file itself, at local-disk speed (kernel >= 6.9, daemon as root; "
         "otherwise unused). Used only while at least half the cache (and 256 MiB of its disk) is free "
         "of dirty data: such writes are not held back by cache_size while the file is open.",
         parse_bool,

@@ -436,6 +436,7 @@ class _Entry:
     __slots__ = (
         "atime",
         "detached",
+        "durable_generation",
         "epoch",
         "etag",
         "fd",
@@ -447,6 +448,7 @@ class _Entry:
         "mutex",
         "name",
         "passthrough",
+        "passthrough_writers",
         "pending",
         "pins",
         "present",
@@ -465,6 +467,9 @@ class _Entry:
         self.atime = 0
         self.pins = 0
         self.passthrough = 0  # handles whose data the kernel reads and writes itself (FUSE passthrough)
+        self.passthrough_writers = 0  # ... of them open for writing: the file may change unseen
+        #: while passthrough_writers: the generation an upload made durable (the file stays pending)
+        self.durable_generation = -1
         self.fd: int | None = None
         self.epoch = 0
         self.pending: PendingUpload | None = None
@@ -818,6 +823,21 @@ class CacheStore:
             self._commit_pending(entry, record, what=f"journaling {path}")
             return entry.pending or record
 
+    def durable(self, key: str) -> bool:
+        """Nothing of `key` waits for the server: clean, or pending only because a passthrough writer
+        still has it open and its current generation went up (see mark_clean). Cheap."""
+        with self._lock:
+            e = self._entries.get(key)
+            return e is None or e.pending is None or e.durable_generation == e.generation
+
+    def mark_durable(self, key: str, generation: int) -> None:
+        """The content of `generation` is saved on the server elsewhere (a conflict copy) while the
+        file stays pending (a passthrough writer has it open): barriers need not wait for it."""
+        with self._lock:
+            e = self._entries.get(key)
+            if e is not None and e.pending is not None and e.generation == generation:
+                e.durable_generation = generation
+
     def pending(self) -> list[PendingUpload]:
         """Every pending upload (the journal), least recently used first. In-memory, cheap."""
         with self._lock:
@@ -890,9 +910,16 @@ class CacheStore:
             if entry.pending is None:
                 return True
             rid = entry.pending.resource_id if resource_id is _UNSET else resource_id
-            if entry.generation != generation:
+            if entry.generation != generation or entry.passthrough_writers:
+                # written meanwhile, or the kernel may still write it unseen (passthrough): it stays
+                # pending; the next upload builds on `etag`. `durable` tells a barrier (fsync, sync)
+                # that this generation is on the server.
                 record = replace(entry.pending, base_etag=etag, resource_id=rid)
                 self._commit_pending(entry, record, what=f"journaling {record.path}")
+                if entry.generation == generation:
+                    with self._lock:
+                        entry.durable_generation = generation
+                        entry.etag = etag
                 return False
             old = entry.pending
             with self._lock:
@@ -1017,7 +1044,7 @@ class CacheStore:
             return 0
         try:
             with self._lock:
-                if e.pending is not None or self._entries.get(e.key) is not e:
+                if e.pending is not None or e.passthrough or self._entries.get(e.key) is not e:
                     return 0
                 if e.pins == 0:
                     # Whole entry: record first, then data, all under the store lock so that a
@@ -1381,6 +1408,11 @@ class CacheFile:
         return self._entry.pending is not None
 
     @property
+    def passthrough_writers(self) -> int:
+        """Opens through which the kernel writes this file itself (FUSE passthrough)."""
+        return self._entry.passthrough_writers
+
+    @property
     def generation(self) -> int:
         """Bumped after every modification (read it before reading data for an upload)."""
         return self._entry.generation
@@ -1663,21 +1695,35 @@ class CacheFile:
 
     # ---- passthrough: the kernel writes the data file itself ----------------------------------------
 
-    def begin_passthrough(self) -> None:
-        """The kernel will read and write this data file directly for an open (FUSE passthrough):
-        until the matching `end_passthrough`, its data is never evicted or replaced by a new remote
-        version, and writes are not seen here — call `adopt_disk()` to take them into account.
-        The file must be entirely present (new, truncated or fully cached)."""
+    def begin_passthrough(self, *, writable: bool) -> None:
+        """The kernel will read (and, `writable`, write) this data file directly for an open (FUSE
+        passthrough): until the matching `end_passthrough`, its data is never evicted or replaced by
+        a new remote version, writes are not seen here — call `adopt_disk()` to take them into
+        account — and while a writer has it open the file never turns clean (mark_clean keeps it
+        pending). The file must be entirely present (new, truncated or fully cached)."""
         e = self._entry
         with self._store._lock:
             if not e.present.contains(0, e.size):
                 raise StoreError(f"cache: passthrough of {e.key}, which is only partly cached")
             e.passthrough += 1
+            if writable:
+                e.passthrough_writers += 1
 
-    def end_passthrough(self) -> None:
+    def end_passthrough(self, *, writable: bool) -> bool:
+        """Returns True when this was the last passthrough writer and an upload landed while writers
+        had the file open: the caller must upload it once more (a store through a shared mmap into a
+        page already dirty moves no timestamp, so what went up may be older than the file)."""
         e = self._entry
         with self._store._lock:
             e.passthrough = max(0, e.passthrough - 1)
+            if not writable:
+                return False
+            e.passthrough_writers = max(0, e.passthrough_writers - 1)
+            if e.passthrough_writers:
+                return False
+            again = e.durable_generation >= 0 and e.pending is not None
+            e.durable_generation = -1
+            return again
 
     def disk_stamp(self) -> tuple[int, int, int]:
         """(st_size, st_mtime_ns, st_ctime_ns) of the data file: changes with every write to it."""

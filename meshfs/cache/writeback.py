@@ -97,13 +97,18 @@ class _Slot:
     progress: _Progress = field(default_factory=_Progress)
 
 
-def conflict_name(name: str, user: str, when: float) -> str:
-    """`<stem>-<user>.<YYYY-mm-dd_HH_MM_SS>-conflict.<ext>` (the cs3api4lab convention)."""
+CONFLICT_NAMES = 20  # conflict copies of one file within one second before giving up for now
+
+
+def conflict_name(name: str, user: str, when: float, n: int = 1) -> str:
+    """`<stem>-<user>.<YYYY-mm-dd_HH_MM_SS>-conflict.<ext>` (the cs3api4lab convention); the n-th
+    copy made within the same second gets `-conflict-<n>`."""
     stamp = time.strftime("%Y-%m-%d_%H_%M_%S", time.localtime(when))
+    tag = "conflict" if n <= 1 else f"conflict-{n}"
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
-        return f"{name}-{user}.{stamp}-conflict"
-    return f"{stem}-{user}.{stamp}-conflict.{ext}"
+        return f"{name}-{user}.{stamp}-{tag}"
+    return f"{stem}-{user}.{stamp}-{tag}.{ext}"
 
 
 class WriteBack:
@@ -222,22 +227,24 @@ class WriteBack:
 
     async def flush(self, key: str) -> None:
         """Wait until the current content of `key` is durable on the server (fsync); raise its error."""
+        if self.before_upload is not None:
+            await self.before_upload(key)  # writes the kernel made itself (passthrough) count too
         for attempt in range(8):
-            if self.store.get_pending(key) is None:
+            if self.store.durable(key):
                 return
             slot = self._slot(key)
             done = slot.attempt_done
             slot.due = trio.current_time()
             self._wake.set()
             await done.wait()
-            if self.store.get_pending(key) is None:
+            if self.store.durable(key):
                 return
             error = slot.last_error
             if error is not None and not getattr(error, "transient", False):
                 raise error
             if error is not None and attempt >= 2:
                 raise error  # still failing after the retries: report it (the upload goes on)
-        if self.store.get_pending(key) is not None:
+        if not self.store.durable(key):
             raise MeshError("the file kept changing while it was being uploaded", op="fsync", path=key)
 
     async def sync(self, prefix: str | None = None, *, timeout: float = math.inf) -> list[str]:
@@ -364,6 +371,8 @@ class WriteBack:
             slot.failures = 0
             if slot.writers == 0 and not cancelled:
                 self._slots.pop(key, None)
+        elif self.store.durable(key):
+            slot.failures = 0  # on the server; pending until its passthrough writer closes it
         else:
             # modified during the upload (or cancelled by a writer): go again after the quiet period
             slot.failures = 0
@@ -375,8 +384,8 @@ class WriteBack:
         if self.before_upload is not None:
             await self.before_upload(key)
         rec = self.store.get_pending(key)
-        if rec is None:
-            return
+        if rec is None or self.store.durable(key):
+            return  # (durable: on the server already, pending only while a passthrough writer has it)
         cf = await trio.to_thread.run_sync(
             lambda: self.store.open_file(key, size=rec.size, etag=rec.base_etag)
         )
@@ -597,14 +606,24 @@ class WriteBack:
                 "conflict copy: the server did not say where the file lives", op="upload", path=rec.path
             )
         when = time.time()
-        name = conflict_name(remote.name, self.user, when)
-        target = Ref.to(remote.parent_id).child(name)
-        await self._send(rec, cf, target, size, if_not_exist=True, fresh=True, locked=False)
+        for n in range(1, CONFLICT_NAMES + 1):
+            name = conflict_name(remote.name, self.user, when, n)
+            target = Ref.to(remote.parent_id).child(name)
+            try:
+                await self._send(rec, cf, target, size, if_not_exist=True, fresh=True, locked=False)
+                break
+            except AlreadyExists:
+                if n == CONFLICT_NAMES:
+                    raise  # (a retry of the whole upload comes later, in another second)
         self.conflicts.append(Conflict(rec.path, os.path.join(os.path.dirname(rec.path), name), when))
         log.warning(
             "conflict: %s changed on the server while ours was pending; ours saved as %s", rec.path, name
         )
-        if cf.generation == generation:
+        if cf.generation == generation and cf.passthrough_writers:
+            # the kernel may still write the file (passthrough): it stays pending (its next upload
+            # conflicts again, losing nothing); barriers need not wait for what is in the copy
+            self.store.mark_durable(rec.key, generation)
+        elif cf.generation == generation:
             # our data now lives in the conflict copy: the cache entry goes back to the server's version
             await trio.to_thread.run_sync(lambda: self.store.forget(rec.key))
         if self.on_uploaded is not None:

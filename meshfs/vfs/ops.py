@@ -884,13 +884,16 @@ class MeshOps(Operations):
 
     def _passthrough_wanted(self, h: Handle) -> bool:
         """A new passthrough for a writable open: the kernel agreed, nobody else has the inode
-        open (the kernel allows no mix), the cache file is complete (the kernel reads it as the
-        file), and there is room: writes through passthrough cannot be held back by the cache
-        limit, so it is used only while plenty of the cache and of its disk is free."""
+        open (the kernel allows no mix), the file is new or truncated (its cache file is then
+        complete: the kernel reads it as the file), and there is room: writes through passthrough
+        cannot be held back by the cache limit, so it is used only while plenty of the cache and of
+        its disk is free."""
         if not self._passthrough_usable():
             return False
         node, cf = h.node, h.cache
-        if not h.writable or node.open_count != 1 or node.unlinked or not cf.covers(0, cf.size):
+        # only files that start empty (new or O_TRUNC): an open for writing of existing content that
+        # writes nothing would otherwise keep the file pending (no revalidation, an upload at fsync)
+        if not h.writable or node.open_count != 1 or node.unlinked or cf.size != 0:
             return False
         st = self.store.stats()
         if st.limit - st.dirty_bytes < max(st.limit // 2, PASSTHROUGH_MIN_FREE):
@@ -935,12 +938,15 @@ class MeshOps(Operations):
             try:
                 backing_id = self.session.backing_open(cf.fd)
             except OSError as e:
-                self._passthrough_off = f"the kernel refused a backing file: {e.strerror}"
-                log.info("FUSE passthrough is not used on this mount: %s", self._passthrough_off)
+                if e.errno in (errno.EPERM, errno.ELOOP, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                    self._passthrough_off = f"the kernel refused a backing file: {e.strerror}"
+                    log.info("FUSE passthrough is not used on this mount: %s", self._passthrough_off)
+                else:  # e.g. out of descriptors: this open goes the ordinary way
+                    log.debug("passthrough for %s: %s", self.tree.path_of(node), e.strerror)
                 return 0
             b = _Backing(backing_id)
             try:
-                cf.begin_passthrough()
+                cf.begin_passthrough(writable=h.writable)
             except StoreError:
                 self.session.backing_close(backing_id)
                 return 0
@@ -958,7 +964,7 @@ class MeshOps(Operations):
                     raise
         else:
             try:
-                cf.begin_passthrough()
+                cf.begin_passthrough(writable=h.writable)
             except StoreError as e:
                 raise MeshError(f"cannot share the passthrough file: {e}", op="open") from e
             b.handles.append(h)
@@ -994,25 +1000,36 @@ class MeshOps(Operations):
         node.local_mtime_ns = stamp[1]
 
     async def _end_passthrough(self, h: Handle) -> None:
-        """`h` closes. The last passthrough open of an inode drops the backing id, and a file that
-        was clean before and did not change is clean again (no upload for an open without writes)."""
-        node = h.node
+        """`h` closes. The last passthrough open of an inode drops the backing id; a file created by
+        this open and never changed is clean again (no upload for `touch`); a file an upload landed
+        for while the kernel could write it unseen goes up once more."""
+        node, cf = h.node, h.cache
         b = self._backing.get(node.inode)
         h.passthrough = False
-        h.cache.end_passthrough()
-        if b is None or h not in b.handles:
-            return
-        b.handles.remove(h)
-        if b.handles:
-            return
-        del self._backing[node.inode]
-        self._after_passthrough.add(node.inode)
-        if self.session is not None:
-            self.session.backing_close(b.backing_id)
-        cf = h.cache
-        if b.clean_at_open and cf.dirty and cf.generation == b.generation:
-            assert node.rid is not None
-            key = str(node.rid)
+        again = cf.end_passthrough(writable=h.writable)
+        last = False
+        if b is not None and h in b.handles:
+            b.handles.remove(h)
+            if not b.handles:
+                last = True
+                del self._backing[node.inode]
+                self._after_passthrough.add(node.inode)
+                if self.session is not None:
+                    self.session.backing_close(b.backing_id)
+        if again:
+            # what went up may be older than the file: a store through a shared mmap into a page
+            # already dirty moves no timestamp
+            await trio.to_thread.run_sync(cf.adopt_disk, limiter=self.io)
+        assert node.rid is not None
+        key = str(node.rid)
+        if (
+            last
+            and b is not None
+            and b.clean_at_open
+            and cf.dirty
+            and cf.generation == b.generation
+            and key not in self.writeback.mtimes
+        ):
             await trio.to_thread.run_sync(
                 partial(self.store.mark_clean, key, b.generation, etag=cf.etag), limiter=self.io
             )
@@ -1310,25 +1327,31 @@ class MeshOps(Operations):
 
     async def _close_handle(self, h: Handle) -> None:
         b = self._backing.get(h.node.inode)
-        if h.passthrough and b is not None:
-            async with b.lock:
-                try:
-                    await self._take_locked(h.node, b)
-                finally:
-                    await self._end_passthrough(h)
-        elif h.passthrough:
-            await self._end_passthrough(h)
+        try:
+            if h.passthrough and b is not None:
+                async with b.lock:
+                    try:
+                        await self._take_locked(h.node, b)
+                    finally:
+                        await self._end_passthrough(h)
+            elif h.passthrough:
+                await self._end_passthrough(h)
+        except (MeshError, StoreError) as e:
+            # the file stays pending (it was marked dirty at open): it goes up at the next chance
+            log.error("%s: taking in what the kernel wrote at close: %s", self.tree.path_of(h.node), e)
         self._handles.pop(h.fh, None)
         h.closed = True
         node = h.node
         key = str(node.rid)
         dirty = h.cache.dirty
-        await trio.to_thread.run_sync(h.cache.close, limiter=self.io)
-        self.inodes.release_open(node)
-        if h.writable:
-            self.writeback.closed_for_write(key)
-        elif dirty and not any(x.node is node and x.writable for x in self._handles.values()):
-            self.writeback.schedule(key)
+        try:
+            await trio.to_thread.run_sync(h.cache.close, limiter=self.io)
+        finally:  # whatever failed above, the handle is gone: its counts must not stay up
+            self.inodes.release_open(node)
+            if h.writable:
+                self.writeback.closed_for_write(key)
+            elif dirty and not any(x.node is node and x.writable for x in self._handles.values()):
+                self.writeback.schedule(key)
         if node.unlinked and node.open_count == 0:
             self.writeback.forget(key)
             await trio.to_thread.run_sync(self.store.forget, key, limiter=self.io)
@@ -1346,6 +1369,7 @@ class MeshOps(Operations):
     async def fallocate(self, fh: int, off: int, length: int, mode: int) -> None:
         h = self._handle(fh)
         async with self._op("fallocate", h.node):
+            await self._take_passthrough_writes(h.node)  # the size compared below must be current
             if mode & ~1:  # only plain allocation and KEEP_SIZE
                 raise FUSEError(errno.EOPNOTSUPP)
             if not mode & 1 and off + length > h.cache.size:

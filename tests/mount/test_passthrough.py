@@ -139,7 +139,9 @@ def test_truncate_and_times_set_through_an_open_passthrough_file(
     assert p.stat().st_mtime_ns == 1_600_000_000_000_000_000
 
 
-def test_an_open_for_writing_without_writes_uploads_nothing(node: Mount, area: str) -> None:
+def test_opens_for_writing_without_writes_upload_nothing(node: Mount, area: str) -> None:
+    """A new file created and closed without writes (touch) is clean at once; an existing file
+    opened read-write takes the ordinary path (passthrough only for files that start empty)."""
     p = node.home / area / "untouched.txt"
     p.write_bytes(b"stays as it is\n")
     node.sync_ok()
@@ -148,8 +150,12 @@ def test_an_open_for_writing_without_writes_uploads_nothing(node: Mount, area: s
     before = _opens(node)
     with open(p, "r+b") as f:
         assert f.read() == b"stays as it is\n"
+    assert _opens(node) == before, "an existing file opened read-write went through passthrough"
+    q = node.home / area / "new-and-empty"
+    os.close(os.open(q, os.O_WRONLY | os.O_CREAT, 0o644))
     assert _opens(node) == before + 1
     wait_for(lambda: node.status()["fs"]["passthrough"]["open_files"] == 0, 10, "the release")
+    assert os.getxattr(q, "user.meshfs.state") == b"clean"
     assert os.getxattr(p, "user.meshfs.state") == b"clean"
     node.sync_ok()
     assert int(node.status()["fs"]["bytes_up"]) == up
@@ -263,3 +269,100 @@ def test_a_cache_dir_on_a_stacked_filesystem_falls_back_with_a_reason(
         finally:
             assert mounter.unmount(m) == []
             mounter.mounts.remove(m)
+
+
+# ---- regressions from the review of the first passthrough version (/work/notes/pt-review.md) ----
+
+
+def test_kill_9_after_fsync_keeps_the_writes_made_after_it(
+    mounter: Mounter, node: Mount, area: str, webdav: WebDav
+) -> None:
+    """An fsync's upload must not journal the file clean while the kernel can still write it."""
+    a, b = b"A" * MiB, b"B" * MiB
+    p = node.home / area / "after-fsync.bin"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, a)
+        os.fsync(fd)
+        assert webdav.get(f"{area}/after-fsync.bin") == a
+        os.pwrite(fd, b, 0)
+        os.write(fd, b"tail")
+        mounter.kill(node, detach=True)  # before anything takes those writes in
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    again = mounter.mount("einstein", "upload_delay=1s", cache_dir=node.cache_dir)
+    again.sync_ok()
+    assert webdav.get(f"{area}/after-fsync.bin") == b + b"tail"
+    assert (again.home / area / "after-fsync.bin").read_bytes() == b + b"tail"
+
+
+def test_meshfs_sync_after_an_fsync_includes_later_writes(node: Mount, area: str, webdav: WebDav) -> None:
+    for i in range(3):
+        p = node.home / area / f"sync{i}.log"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"one\n")
+            os.fsync(fd)
+            os.write(fd, b"two\n")
+            node.sync_ok()  # everything written so far is on the server, the file still open
+            assert webdav.get(f"{area}/sync{i}.log") == b"one\ntwo\n", f"round {i}"
+        finally:
+            os.close(fd)
+    node.sync_ok()
+    assert webdav.get(f"{area}/sync2.log") == b"one\ntwo\n"
+
+
+def test_fallocate_inside_a_passthrough_file_changes_nothing(node: Mount, area: str, webdav: WebDav) -> None:
+    p = node.home / area / "falloc.bin"
+    data = os.urandom(2 * MiB)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.posix_fallocate(fd, 0, MiB)
+        assert os.fstat(fd).st_size == 2 * MiB
+        os.posix_fallocate(fd, 0, 3 * MiB)  # past the end: grows with zeros
+        assert os.fstat(fd).st_size == 3 * MiB
+    finally:
+        os.close(fd)
+    node.sync_ok()
+    assert webdav.get(f"{area}/falloc.bin") == data + bytes(MiB)
+
+
+def test_a_time_set_on_a_new_file_reaches_the_server(
+    mounter: Mounter, node: Mount, area: str
+) -> None:
+    """touch -d of a new file: created through passthrough with no writes (which would otherwise turn
+    it clean again at close, dropping the time set through the descriptor)."""
+    p = node.home / area / "dated.txt"
+    subprocess.run(["touch", "-m", "-d", "2020-01-02 03:04:05 UTC", os.fspath(p)], check=True, timeout=30)
+    node.sync_ok()
+    other = mounter.mount("einstein")  # another machine: what the server has
+    assert (other.home / area / "dated.txt").stat().st_mtime_ns == 1577934245 * 10**9
+
+
+def test_a_conflict_while_a_passthrough_writer_has_the_file_open(
+    node: Mount, area: str, webdav: WebDav
+) -> None:
+    p = node.home / area / "doc.txt"
+    p.write_bytes(b"v1\n")
+    node.sync_ok()
+    before = _opens(node)
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    try:
+        assert _opens(node) == before + 1
+        os.write(fd, b"local edit\n")
+        webdav.put(f"{area}/doc.txt", b"remote edit\n")
+        os.fsync(fd)  # ours goes up as a conflict copy; the file stays ours locally
+        with open(p, "rb") as again:  # a new open shares the passthrough file: no EIO
+            assert again.read() == b"local edit\n"
+        os.write(fd, b"after the conflict\n")
+    finally:
+        os.close(fd)
+    node.sync_ok()
+    assert webdav.get(f"{area}/doc.txt") == b"remote edit\n"
+    contents = [webdav.get(f"{area}/{n}") for n in webdav.names(area) if "conflict" in n]
+    assert b"local edit\n" in contents, contents
+    assert b"local edit\nafter the conflict\n" in contents, "the write after the conflict is lost"
