@@ -816,6 +816,9 @@ class MeshOps(Operations):
             self._check_writable(node)
         assert node.rid is not None
         key = str(node.rid)
+        # a passthrough writer's close may not have been processed yet (RELEASE comes after close(2)
+        # returned): what it wrote must count, e.g. for O_TRUNC below, which looks at the size
+        await self._take_passthrough_writes(node)
         for attempt in range(3):
             pending = self.store.get_pending(key)
             res = await self._remote_state(node, pending is None, fresh)
