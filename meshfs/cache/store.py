@@ -435,6 +435,7 @@ class _Entry:
 
     __slots__ = (
         "atime",
+        "conflicted",
         "detached",
         "durable_generation",
         "epoch",
@@ -470,6 +471,8 @@ class _Entry:
         self.passthrough_writers = 0  # ... of them open for writing: the file may change unseen
         #: while passthrough_writers: the generation an upload made durable (the file stays pending)
         self.durable_generation = -1
+        #: durable_generation is saved as a conflict copy: once nobody writes, the entry is dropped
+        self.conflicted = False
         self.fd: int | None = None
         self.epoch = 0
         self.pending: PendingUpload | None = None
@@ -832,11 +835,29 @@ class CacheStore:
 
     def mark_durable(self, key: str, generation: int) -> None:
         """The content of `generation` is saved on the server elsewhere (a conflict copy) while the
-        file stays pending (a passthrough writer has it open): barriers need not wait for it."""
+        file stays pending (a writer has it open and may write more): barriers need not wait for it,
+        and `settle_conflict` drops the entry once the writers are gone, if nothing changed."""
         with self._lock:
             e = self._entries.get(key)
             if e is not None and e.pending is not None and e.generation == generation:
                 e.durable_generation = generation
+                e.conflicted = True
+
+    def settle_conflict(self, key: str) -> bool:
+        """Drop the entry of `key` (the cache follows the server's version again) if its content is
+        all in a conflict copy (see mark_durable) and no passthrough writer has it. True if dropped."""
+        with self._lock:
+            e = self._entries.get(key)
+            if (
+                e is None
+                or e.pending is None
+                or not e.conflicted
+                or e.durable_generation != e.generation
+                or e.passthrough_writers
+            ):
+                return False
+        self.forget(key)
+        return True
 
     def pending(self) -> list[PendingUpload]:
         """Every pending upload (the journal), least recently used first. In-memory, cheap."""
@@ -1723,6 +1744,7 @@ class CacheFile:
                 return False
             again = e.durable_generation >= 0 and e.pending is not None
             e.durable_generation = -1
+            e.conflicted = False
             return again
 
     def disk_stamp(self) -> tuple[int, int, int]:

@@ -384,8 +384,14 @@ class WriteBack:
         if self.before_upload is not None:
             await self.before_upload(key)
         rec = self.store.get_pending(key)
-        if rec is None or self.store.durable(key):
-            return  # (durable: on the server already, pending only while a passthrough writer has it)
+        if rec is not None and self.store.durable(key):
+            # on the server already: pending only while a writer had it open (passthrough, or its
+            # content went up as a conflict copy); a conflict whose writers are gone is settled
+            if await trio.to_thread.run_sync(self.store.settle_conflict, key) and self.on_uploaded:
+                await self.on_uploaded(key, "", None)  # the cache follows the server's version again
+            return
+        if rec is None:
+            return
         cf = await trio.to_thread.run_sync(
             lambda: self.store.open_file(key, size=rec.size, etag=rec.base_etag)
         )
@@ -619,9 +625,11 @@ class WriteBack:
         log.warning(
             "conflict: %s changed on the server while ours was pending; ours saved as %s", rec.path, name
         )
-        if cf.generation == generation and cf.passthrough_writers:
-            # the kernel may still write the file (passthrough): it stays pending (its next upload
-            # conflicts again, losing nothing); barriers need not wait for what is in the copy
+        slot = self._slots.get(rec.key)
+        if cf.generation == generation and (cf.passthrough_writers or (slot is not None and slot.writers)):
+            # a writer still has the file open and may write more: it stays pending (more writes
+            # conflict again at the next upload, losing nothing); barriers need not wait for what is
+            # in the copy, and without more writes the entry is dropped once the writers are gone
             self.store.mark_durable(rec.key, generation)
         elif cf.generation == generation:
             # our data now lives in the conflict copy: the cache entry goes back to the server's version

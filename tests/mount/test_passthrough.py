@@ -383,3 +383,33 @@ def test_o_trunc_while_a_passthrough_writer_has_written(node: Mount, area: str, 
     assert p.read_bytes() == b""
     node.sync_ok()
     assert webdav.get(f"{area}/trunc-me.bin") == b""
+
+
+@pytest.mark.parametrize("passthrough", ["true", "false"])
+def test_writes_after_a_conflict_through_the_same_descriptor_are_kept(
+    mounter: Mounter, webdav: WebDav, passthrough: str
+) -> None:
+    """A conflict found by fsync while the writer keeps the file open: ours goes up as a conflict copy,
+    and what is written afterwards through the same descriptor is not lost either (it conflicts
+    again at close). Without passthrough this was lost: the cache entry was dropped at the conflict."""
+    m = mounter.mount("einstein", "upload_delay=1s", f"passthrough={passthrough}")
+    area = f"pt-cf-{uuid.uuid4().hex[:8]}"
+    (m.home / area).mkdir()
+    p = m.home / area / "doc.txt"
+    p.write_bytes(b"v1\n")
+    m.sync_ok()
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, b"local edit\n")
+        webdav.put(f"{area}/doc.txt", b"remote edit\n")
+        os.fsync(fd)
+        os.write(fd, b"after the conflict\n")
+    finally:
+        os.close(fd)
+    m.sync_ok()
+    assert webdav.get(f"{area}/doc.txt") == b"remote edit\n"
+    copies = [webdav.get(f"{area}/{n}") for n in webdav.names(area) if "conflict" in n]
+    assert b"local edit\n" in copies, copies
+    assert b"local edit\nafter the conflict\n" in copies, copies
+    assert m.status()["fs"]["uploads"] == [], "something is still pending"
+    wait_for(lambda: p.read_bytes() == b"remote edit\n", 10, "the mount to show the server's version")
