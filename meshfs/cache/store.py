@@ -935,7 +935,9 @@ class CacheStore:
                 # written meanwhile, or the kernel may still write it unseen (passthrough): it stays
                 # pending; the next upload builds on `etag`. `durable` tells a barrier (fsync, sync)
                 # that this generation is on the server.
-                record = replace(entry.pending, base_etag=etag, resource_id=rid)
+                record = replace(
+                    entry.pending, base_etag=etag, resource_id=rid, state=PendingState.DIRTY, error=None
+                )
                 self._commit_pending(entry, record, what=f"journaling {record.path}")
                 if entry.generation == generation:
                     with self._lock:

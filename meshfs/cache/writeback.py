@@ -279,6 +279,8 @@ class WriteBack:
         now = trio.current_time()
         out: list[dict[str, object]] = []
         for rec in self.store.pending():
+            if self.store.durable(rec.key):
+                continue  # on the server already (kept pending while a writer has it open)
             slot = self._slots.get(rec.key)
             p = slot.progress if slot else _Progress()
             running = slot is not None and slot.running is not None
@@ -299,8 +301,8 @@ class WriteBack:
     def state_of(self, key: str) -> str:
         """clean / dirty / uploading / conflict / failed for xattr user.meshfs.state."""
         rec = self.store.get_pending(key)
-        if rec is None:
-            return "clean"
+        if rec is None or self.store.durable(key):
+            return "clean"  # (durable: on the server; pending only while a writer has it open)
         slot = self._slots.get(key)
         if slot is not None and slot.running is not None:
             return "uploading"

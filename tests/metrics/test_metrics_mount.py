@@ -46,7 +46,8 @@ def mount_with_metrics(rig: MountRig, *options: str) -> int:
 
 
 def test_metrics_move_after_file_operations(mrig: MountRig) -> None:
-    port = mount_with_metrics(mrig, "upload_delay=0s")
+    # passthrough off: a new file's WRITEs would go to the cache file without reaching the daemon
+    port = mount_with_metrics(mrig, "upload_delay=0s", "passthrough=false")
     written = f"metrics-w-{uuid.uuid4().hex[:8]}.bin"
     remote = f"metrics-r-{uuid.uuid4().hex[:8]}.bin"
     remote_body = os.urandom(300_000)
