@@ -66,6 +66,28 @@ def _opens(m: Mount) -> int:
     return int(m.status()["fs"]["passthrough"]["opens"])
 
 
+@contextlib.contextmanager
+def _closed_on_error(fd: int) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kill_and_remount(mounter: Mounter, node: Mount, fd: int) -> Mount:
+    """kill -9 `node`'s daemon while `fd` (on it) is open, then mount the same cache dir again and
+    `meshfs sync`: what the journal held is on the server when this returns."""
+    try:
+        mounter.kill(node, detach=True)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    again: Mount = mounter.mount("einstein", "upload_delay=1s", cache_dir=node.cache_dir)
+    again.sync_ok()
+    return again
+
+
 def test_dd_goes_through_passthrough_and_reaches_the_server(
     node: Mount, area: str, webdav: WebDav, tmp_path: Path
 ) -> None:
@@ -202,16 +224,9 @@ def test_kill_9_with_a_passthrough_file_open_loses_nothing(
     data = os.urandom(16 * MiB)
     p = node.home / area / "crash.bin"
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+    with _closed_on_error(fd):
         os.write(fd, data)
-        mounter.kill(node, detach=True)  # the daemon dies with the file open and nothing uploaded
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    again = mounter.mount("einstein", "upload_delay=1s", cache_dir=node.cache_dir)
-    again.sync_ok()
+    again = _kill_and_remount(mounter, node, fd)  # dies with the file open and nothing uploaded
     assert webdav.sha256(f"{area}/crash.bin") == (sha256(data), len(data))
     assert (again.home / area / "crash.bin").read_bytes() == data
 
@@ -219,9 +234,14 @@ def test_kill_9_with_a_passthrough_file_open_loses_nothing(
 def test_passthrough_false_keeps_every_write_on_the_ordinary_path(
     mounter: Mounter, webdav: WebDav, tmp_path: Path
 ) -> None:
-    m = mounter.mount("einstein", "passthrough=false")
+    _writes_take_the_ordinary_path(mounter.mount("einstein", "passthrough=false"), webdav, "not negotiated")
+
+
+def _writes_take_the_ordinary_path(m: Mount, webdav: WebDav, why: str) -> None:
+    """`m` says passthrough is off (with `why` in the reason), and a new file written, read back and
+    synced takes the ordinary path (no passthrough open) and reaches the server."""
     pt = m.status()["fs"]["passthrough"]
-    assert pt["on"] is False and "not negotiated" in pt["why"], pt
+    assert pt["on"] is False and why in pt["why"], pt
     name = f"pt-off-{uuid.uuid4().hex[:8]}.bin"
     data = os.urandom(3 * MiB)
     (m.home / name).write_bytes(data)
@@ -256,16 +276,7 @@ def test_a_cache_dir_on_a_stacked_filesystem_falls_back_with_a_reason(
     with _overlayfs(tmp_path / "ovl") as merged:
         m = mounter.mount("einstein", cache_dir=merged / "cache")
         try:
-            pt = m.status()["fs"]["passthrough"]
-            assert pt["on"] is False and "refuses backing files" in pt["why"], pt
-            name = f"pt-ovl-{uuid.uuid4().hex[:8]}.bin"
-            data = os.urandom(2 * MiB)
-            (m.home / name).write_bytes(data)
-            assert (m.home / name).read_bytes() == data
-            m.sync_ok()
-            assert webdav.sha256(name) == (sha256(data), len(data))
-            assert m.status()["fs"]["passthrough"]["opens"] == 0
-            webdav.delete(name)
+            _writes_take_the_ordinary_path(m, webdav, "refuses backing files")
         finally:
             assert mounter.unmount(m) == []
             mounter.mounts.remove(m)
@@ -281,20 +292,13 @@ def test_kill_9_after_fsync_keeps_the_writes_made_after_it(
     a, b = b"A" * MiB, b"B" * MiB
     p = node.home / area / "after-fsync.bin"
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+    with _closed_on_error(fd):
         os.write(fd, a)
         os.fsync(fd)
         assert webdav.get(f"{area}/after-fsync.bin") == a
         os.pwrite(fd, b, 0)
         os.write(fd, b"tail")
-        mounter.kill(node, detach=True)  # before anything takes those writes in
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    again = mounter.mount("einstein", "upload_delay=1s", cache_dir=node.cache_dir)
-    again.sync_ok()
+    again = _kill_and_remount(mounter, node, fd)  # before anything takes those writes in
     assert webdav.get(f"{area}/after-fsync.bin") == b + b"tail"
     assert (again.home / area / "after-fsync.bin").read_bytes() == b + b"tail"
 
@@ -343,31 +347,6 @@ def test_a_time_set_on_a_new_file_reaches_the_server(
     assert (other.home / area / "dated.txt").stat().st_mtime_ns == 1577934245 * 10**9
 
 
-def test_a_conflict_while_a_passthrough_writer_has_the_file_open(
-    node: Mount, area: str, webdav: WebDav
-) -> None:
-    p = node.home / area / "doc.txt"
-    p.write_bytes(b"v1\n")
-    node.sync_ok()
-    before = _opens(node)
-    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
-    try:
-        assert _opens(node) == before + 1
-        os.write(fd, b"local edit\n")
-        webdav.put(f"{area}/doc.txt", b"remote edit\n")
-        os.fsync(fd)  # ours goes up as a conflict copy; the file stays ours locally
-        with open(p, "rb") as again:  # a new open shares the passthrough file: no EIO
-            assert again.read() == b"local edit\n"
-        os.write(fd, b"after the conflict\n")
-    finally:
-        os.close(fd)
-    node.sync_ok()
-    assert webdav.get(f"{area}/doc.txt") == b"remote edit\n"
-    contents = [webdav.get(f"{area}/{n}") for n in webdav.names(area) if "conflict" in n]
-    assert b"local edit\n" in contents, contents
-    assert b"local edit\nafter the conflict\n" in contents, "the write after the conflict is lost"
-
-
 def test_o_trunc_while_a_passthrough_writer_has_written(node: Mount, area: str, webdav: WebDav) -> None:
     """O_TRUNC must see what the kernel wrote through passthrough but nobody took in yet (found by the
     soak: the truncation was skipped when the close of the last writer was still on its way)."""
@@ -398,11 +377,15 @@ def test_writes_after_a_conflict_through_the_same_descriptor_are_kept(
     p = m.home / area / "doc.txt"
     p.write_bytes(b"v1\n")
     m.sync_ok()
+    before = _opens(m)
     fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
     try:
+        assert _opens(m) == before + (passthrough == "true")
         os.write(fd, b"local edit\n")
         webdav.put(f"{area}/doc.txt", b"remote edit\n")
-        os.fsync(fd)
+        os.fsync(fd)  # ours goes up as a conflict copy; the file stays ours locally
+        with open(p, "rb") as again:  # (with passthrough: shares the passthrough file, no EIO)
+            assert again.read() == b"local edit\n"
         os.write(fd, b"after the conflict\n")
     finally:
         os.close(fd)
