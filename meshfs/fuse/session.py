@@ -133,6 +133,11 @@ class MountOptions:
       does itself. `conn.has(abi.PASSTHROUGH)` says whether the kernel agreed. The mount gets
       stacking depth 1: a backing file must be on a filesystem that is not itself stacked
       (overlayfs, ecryptfs) — backing_open fails with ELOOP for those.
+    handle_killpriv_v2: FUSE_HANDLE_KILLPRIV_V2 — the filesystem promises to clear setuid/setgid
+      bits and security.capability itself on write, truncate and chown (true of a filesystem that
+      keeps none). The kernel then marks inodes S_NOSEC after their first write: without it, every
+      write(2) first asks GETXATTR("security.capability"), a round trip per write — also for
+      passthrough writes, which otherwise never reach the filesystem.
     """
 
     fsname: str = "meshfs"
@@ -155,6 +160,7 @@ class MountOptions:
     unmount_grace: float = 5.0
     splice_write: bool = True
     passthrough: bool = False
+    handle_killpriv_v2: bool = False
 
     def check(self) -> None:
         """Raise MountError for a bad value."""
@@ -743,7 +749,9 @@ class Session:
                                 "reading WRITEs the ordinary way", e.strerror)
                     self._splice_ok = self._splice_mode = False
                     continue
-                if e.errno in (errno.ENODEV, errno.EBADF):
+                # ECONNABORTED: a request was taken just as the connection shut down (an unmount
+                # racing the read; the kernel answers the request itself)
+                if e.errno in (errno.ENODEV, errno.EBADF, errno.ECONNABORTED):
                     log.debug("meshfs.fuse: connection ended (%s)", e.strerror)
                     self._end()
                     return True
@@ -941,6 +949,8 @@ class Session:
             want |= abi.AUTO_INVAL_DATA
         if opts.passthrough and not opts.writeback_cache and minor >= 40:
             want |= abi.PASSTHROUGH
+        if opts.handle_killpriv_v2:
+            want |= abi.HANDLE_KILLPRIV_V2
         flags = want & (kflags | (kflags2 << 32))
         self.conn = ConnectionInfo(min(minor, abi.SUPPORTED_MINOR), kflags | (kflags2 << 32), flags,
                                    opts.max_write, max_readahead)
