@@ -683,6 +683,8 @@ class SessionApi:
             max_background=plan.max_background,
             writeback_cache=plan.writeback_cache,
             passthrough=plan.passthrough,
+            # meshfs keeps no setuid/setgid bits and no security.* xattrs: nothing to clear on write
+            handle_killpriv_v2=True,
         )
         try:
             # blocking (mount(2) or fusermount3), bounded inside by 30 s timeouts

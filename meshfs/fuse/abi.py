@@ -88,6 +88,7 @@ ABORT_ERROR: Final = 1 << 21
 MAX_PAGES: Final = 1 << 22
 CACHE_SYMLINKS: Final = 1 << 23
 EXPLICIT_INVAL_DATA: Final = 1 << 25
+HANDLE_KILLPRIV_V2: Final = 1 << 28
 INIT_EXT: Final = 1 << 30
 #: flags2 (the upper 32 bits of the 64-bit flag word, sent only with INIT_EXT)
 PASSTHROUGH: Final = 1 << 37

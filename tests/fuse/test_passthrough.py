@@ -10,6 +10,7 @@ Must not import meshfs modules other than meshfs.fuse.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -23,7 +24,7 @@ from conftest import Mounted, serve, wait_for
 from memfs import MemFS
 
 from meshfs.fuse import EntryAttributes, FileInfo, MountOptions, RequestContext, Session
-from meshfs.fuse.abi import PASSTHROUGH
+from meshfs.fuse.abi import HANDLE_KILLPRIV_V2, PASSTHROUGH
 
 MiB = 1 << 20
 
@@ -47,6 +48,11 @@ class PassFS(MemFS):
         self.reads = 0
         self.writes = 0
         self.closed_ids: list[int] = []
+        self.getxattrs: list[bytes] = []
+
+    async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        self.getxattrs.append(name)
+        return await super().getxattr(inode, name, ctx)
 
     def _fd(self, ino: int) -> int:
         fd = self.fds.get(ino)
@@ -115,13 +121,13 @@ class PassFS(MemFS):
         self.fds.clear()
 
 
-@pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[Mounted]:
+@contextlib.contextmanager
+def _passfs(tmp_path: Path, **kw: bool) -> Iterator[Mounted]:
     with tempfile.TemporaryDirectory(prefix="fuse-pt-") as backing:
         fs = PassFS(backing)
         mp = tmp_path / "mnt"
         mp.mkdir()
-        opts = MountOptions(fsname="passfs", subtype="passfs", unmount_grace=1.0, passthrough=True)
+        opts = MountOptions(fsname="passfs", subtype="passfs", unmount_grace=1.0, passthrough=True, **kw)
         with serve(mp, fs, opts) as m:
             fs.session = m.session
             assert m.session.conn is not None
@@ -129,6 +135,31 @@ def mounted(tmp_path: Path) -> Iterator[Mounted]:
                 pytest.skip(f"the kernel ({os.uname().release}) did not negotiate FUSE passthrough")
             yield m
         fs.close_all()
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Mounted]:
+    with _passfs(tmp_path) as m:
+        yield m
+
+
+@pytest.mark.parametrize("killpriv_v2", [True, False])
+def test_handle_killpriv_v2_spares_a_getxattr_per_write(tmp_path: Path, killpriv_v2: bool) -> None:
+    """Before each write(2) the kernel asks GETXATTR("security.capability") (to clear privileges),
+    also for passthrough writes, unless FUSE_HANDLE_KILLPRIV_V2 lets it mark the inode S_NOSEC after
+    the first one."""
+    with _passfs(tmp_path, handle_killpriv_v2=killpriv_v2) as m:
+        fs: PassFS = m.fs  # type: ignore[assignment]
+        with open(m.path / "w.bin", "wb") as f:
+            for _ in range(16):
+                f.write(bytes(MiB))
+        asked = fs.getxattrs.count(b"security.capability")
+        assert m.session.conn is not None
+        assert m.session.conn.has(HANDLE_KILLPRIV_V2) == killpriv_v2
+        if killpriv_v2:
+            assert asked <= 1, asked
+        else:
+            assert asked >= 16, asked  # the cost this option removes (keeps the test honest)
 
 
 def test_passthrough_is_negotiated_only_when_asked(tmp_path: Path) -> None:
