@@ -1434,11 +1434,6 @@ class CacheFile:
         return self._entry.pending is not None
 
     @property
-    def passthrough_writers(self) -> int:
-        """Opens through which the kernel writes this file itself (FUSE passthrough)."""
-        return self._entry.passthrough_writers
-
-    @property
     def generation(self) -> int:
         """Bumped after every modification (read it before reading data for an upload)."""
         return self._entry.generation

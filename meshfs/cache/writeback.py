@@ -628,7 +628,7 @@ class WriteBack:
             "conflict: %s changed on the server while ours was pending; ours saved as %s", rec.path, name
         )
         slot = self._slots.get(rec.key)
-        if cf.generation == generation and (cf.passthrough_writers or (slot is not None and slot.writers)):
+        if cf.generation == generation and slot is not None and slot.writers:  # (passthrough ones too)
             # a writer still has the file open and may write more: it stays pending (more writes
             # conflict again at the next upload, losing nothing); barriers need not wait for what is
             # in the copy, and without more writes the entry is dropped once the writers are gone

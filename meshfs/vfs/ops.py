@@ -215,6 +215,7 @@ class MeshOps(Operations):
         self._backing: dict[int, _Backing] = {}  # inode -> its passthrough state
         self._passthrough_off: str | None = None  # why passthrough is not used (after a refusal)
         self._passthrough_probed = False
+        self._room_checked_at, self._room_ok = -float("inf"), False
         self._after_passthrough: set[int] = set()  # inodes whose kernel page cache predates it
         self.passthrough_opens = 0
 
@@ -874,7 +875,7 @@ class MeshOps(Operations):
             node.local_size = cf.size
         if kernel:
             try:
-                backing_id = await self._passthrough(h, writable)
+                backing_id = await self._passthrough(h)
             except BaseException:
                 await self._close_handle(h)
                 raise
@@ -901,14 +902,24 @@ class MeshOps(Operations):
         # writes nothing would otherwise keep the file pending (no revalidation, an upload at fsync)
         if not h.writable or node.open_count != 1 or node.unlinked or cf.size != 0:
             return False
+        return self._room_for_passthrough()
+
+    def _room_for_passthrough(self) -> bool:
+        """Half the cache and PASSTHROUGH_MIN_FREE of its disk free of dirty data. store.stats() walks
+        every entry: answered at most once per PASSTHROUGH_SYNC_INTERVAL (creates come in bursts)."""
+        now = trio.current_time()
+        if now - self._room_checked_at < PASSTHROUGH_SYNC_INTERVAL:
+            return self._room_ok
         st = self.store.stats()
-        if st.limit - st.dirty_bytes < max(st.limit // 2, PASSTHROUGH_MIN_FREE):
-            return False
-        try:
-            vfs = os.statvfs(self.store.directory)
-        except OSError:
-            return False
-        return vfs.f_bavail * vfs.f_frsize >= PASSTHROUGH_MIN_FREE
+        ok = st.limit - st.dirty_bytes >= max(st.limit // 2, PASSTHROUGH_MIN_FREE)
+        if ok:
+            try:
+                vfs = os.statvfs(self.store.directory)
+                ok = vfs.f_bavail * vfs.f_frsize >= PASSTHROUGH_MIN_FREE
+            except OSError:
+                ok = False
+        self._room_checked_at, self._room_ok = now, ok
+        return ok
 
     def _passthrough_usable(self) -> bool:
         """The kernel agreed to passthrough and takes our backing files. Whether it takes them
@@ -932,7 +943,7 @@ class MeshOps(Operations):
                 return False
         return True
 
-    async def _passthrough(self, h: Handle, writable: bool) -> int:
+    async def _passthrough(self, h: Handle) -> int:
         """The backing id to answer this open with (0: an ordinary open). An inode the kernel has
         open with passthrough must be opened the same way, with the same id."""
         node, cf = h.node, h.cache
@@ -1052,13 +1063,18 @@ class MeshOps(Operations):
         opens, now = self.passthrough_opens, len(self._backing)
         return {"on": why is None, "why": why, "opens": opens, "open_files": now}
 
+    async def _take_logged(self, node: Node) -> None:
+        """_take_passthrough_writes for callers that are not a request: a failure is logged (the file
+        stays pending and is taken in again at the next chance)."""
+        try:
+            await self._take_passthrough_writes(node)
+        except (MeshError, StoreError, FUSEError) as e:
+            log.warning("%s: taking in passthrough writes: %s", self.tree.path_of(node), e)
+
     async def before_upload(self, key: str) -> None:
         """Write-back hook: take in passthrough writes before an upload reads the file."""
         for node in self.inodes_by_key(key):
-            try:
-                await self._take_passthrough_writes(node)
-            except (MeshError, StoreError, FUSEError) as e:
-                log.warning("%s: taking in writes before the upload: %s", self.tree.path_of(node), e)
+            await self._take_logged(node)
 
     async def passthrough_loop(self) -> None:
         """Background: account writes through passthrough every PASSTHROUGH_SYNC_INTERVAL (the
@@ -1069,12 +1085,8 @@ class MeshOps(Operations):
                 continue
             for inode in list(self._backing):
                 node = self.inodes.get(inode)
-                if node is None:
-                    continue
-                try:
-                    await self._take_passthrough_writes(node)
-                except (MeshError, StoreError, FUSEError) as e:
-                    log.warning("%s: taking in passthrough writes: %s", self.tree.path_of(node), e)
+                if node is not None:
+                    await self._take_logged(node)
             await trio.to_thread.run_sync(self.store.ensure_space, 0, limiter=self.io)
 
     async def _remote_state(self, node: Node, clean: bool, fresh: Resource | None) -> Resource:
@@ -1290,7 +1302,7 @@ class MeshOps(Operations):
         return n
 
     async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
-        await self._take_passthrough_writes(node)
+        """(Callers take in passthrough writes first: the sizes below must be current.)"""
         h = self._handles.get(fh) if fh is not None else None
         temp = None
         if h is None:
@@ -1366,7 +1378,7 @@ class MeshOps(Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         async with self._op("fsync", h.node):
-            await self._take_passthrough_writes(h.node)
+            # (a file a passthrough writer has open is never clean; writeback.flush takes its writes in)
             if not h.cache.dirty or h.node.unlinked:
                 return
             await trio.to_thread.run_sync(h.cache.sync_data, limiter=self.io)
